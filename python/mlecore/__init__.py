@@ -1,0 +1,1 @@
+from mlecore._mlecore import *  # noqa

@@ -1,0 +1,136 @@
+//! Storage types and their compute type: float32 and float64 are computed in place; float16 and
+//! bfloat16 are widened to float32 one chunk at a time (never a full-size temporary).
+
+use crate::simd::Float;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+/// Elements per chunk: a chunk of the widest compute type (16 KiB of f64) stays in L1, so the
+/// second pass over it (sum after max, or the gradient after the statistics) is a cache hit.
+pub const CHUNK: usize = 2048;
+
+/// A scratch chunk of compute values, used when the storage type is not the compute type.
+pub type Buf<F> = [F; CHUNK];
+
+/// An element type that kernels read and write.
+pub trait Elem: Copy + Send + Sync + 'static {
+    type F: Float;
+    /// True when `Self` is `Self::F`, so chunks are used where they lie.
+    const NATIVE: bool;
+    fn to_f64(self) -> f64;
+    fn from_f64(x: f64) -> Self;
+
+    /// Returns a pointer to `n ≤ CHUNK` compute values equal to `src[..n]`: `src` itself when
+    /// native, else `buf` after conversion.
+    ///
+    /// # Safety
+    /// `src` must be valid for reading `n` elements.
+    #[inline(always)]
+    unsafe fn read(src: *const Self, n: usize, buf: &mut Buf<Self::F>) -> *const Self::F {
+        if Self::NATIVE {
+            src as *const Self::F
+        } else {
+            // SAFETY: the caller guarantees `n` readable elements.
+            let s = unsafe { std::slice::from_raw_parts(src, n) };
+            Self::widen(s, &mut buf[..n]);
+            buf.as_ptr()
+        }
+    }
+
+    /// Where a kernel should write `n` compute values destined for `dst`: `dst` itself when
+    /// native, else `buf` (then [`Elem::commit`] narrows them into `dst`).
+    #[inline(always)]
+    fn target(dst: *mut Self, buf: &mut Buf<Self::F>) -> *mut Self::F {
+        if Self::NATIVE {
+            dst as *mut Self::F
+        } else {
+            buf.as_mut_ptr()
+        }
+    }
+
+    /// Completes a write started with [`Elem::target`].
+    ///
+    /// # Safety
+    /// `dst` must be valid for writing `n` elements.
+    #[inline(always)]
+    unsafe fn commit(dst: *mut Self, n: usize, buf: &Buf<Self::F>) {
+        if !Self::NATIVE {
+            // SAFETY: the caller guarantees `n` writable elements.
+            let d = unsafe { std::slice::from_raw_parts_mut(dst, n) };
+            Self::narrow(&buf[..n], d);
+        }
+    }
+
+    /// Converts storage values to compute values (only called when not native).
+    fn widen(src: &[Self], dst: &mut [Self::F]);
+    /// Converts compute values to storage values, rounding to nearest (only when not native).
+    fn narrow(src: &[Self::F], dst: &mut [Self]);
+}
+
+macro_rules! native {
+    ($t:ty) => {
+        impl Elem for $t {
+            type F = $t;
+            const NATIVE: bool = true;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            fn widen(src: &[Self], dst: &mut [Self::F]) {
+                dst.copy_from_slice(src)
+            }
+            fn narrow(src: &[Self::F], dst: &mut [Self]) {
+                dst.copy_from_slice(src)
+            }
+        }
+    };
+}
+native!(f32);
+native!(f64);
+
+macro_rules! half_float {
+    ($t:ty) => {
+        impl Elem for $t {
+            type F = f32;
+            const NATIVE: bool = false;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self.to_f64()
+            }
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                <$t>::from_f64(x)
+            }
+            fn widen(src: &[Self], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst)
+            }
+            fn narrow(src: &[f32], dst: &mut [Self]) {
+                dst.convert_from_f32_slice(src)
+            }
+        }
+    };
+}
+half_float!(f16);
+half_float!(bf16);
+
+/// An integer class label of any width and sign.
+pub trait Label: Copy + Send + Sync + 'static {
+    /// The label as a wide integer, so that every value (u64 included) compares exactly.
+    fn wide(self) -> i128;
+}
+
+macro_rules! label {
+    ($($t:ty),*) => {$(
+        impl Label for $t {
+            #[inline(always)]
+            fn wide(self) -> i128 {
+                self as i128
+            }
+        }
+    )*};
+}
+label!(i8, i16, i32, i64, u8, u16, u32, u64);

@@ -1,0 +1,307 @@
+//! Vector loops over one chunk (≤ `CHUNK` values, resident in L1): the statistics pass and the
+//! write pass. Everything here is `#[inline(always)]` so it compiles into the caller's
+//! `#[target_feature]` instantiation.
+
+use super::stats::Stats;
+use crate::simd::{Float, SimdVec};
+
+/// Where the weights v of the weighted sum in [`Stats`] come from, chosen per call so the
+/// vector loop has no branch inside.
+pub trait VSource<V: SimdVec>: Copy {
+    const ACTIVE: bool;
+    /// # Safety
+    /// Lanes `i..i + LANES` must be in bounds of the source.
+    unsafe fn load(&self, i: usize) -> V;
+    /// # Safety
+    /// Lanes `i..i + n` must be in bounds of the source.
+    unsafe fn load_tail(&self, i: usize, n: usize) -> V;
+}
+
+/// No weighted sum.
+#[derive(Clone, Copy)]
+pub struct NoV;
+
+/// v = 1 for every class.
+#[derive(Clone, Copy)]
+pub struct Ones;
+
+/// v = w (class weights).
+#[derive(Clone, Copy)]
+pub struct W<F>(pub *const F);
+
+/// v = a·t + b (soft targets, mixed with label smoothing).
+#[derive(Clone, Copy)]
+pub struct T<F> {
+    pub t: *const F,
+    pub a: F,
+    pub b: F,
+}
+
+/// v = w·(a·t + b).
+#[derive(Clone, Copy)]
+pub struct TW<F> {
+    pub t: *const F,
+    pub w: *const F,
+    pub a: F,
+    pub b: F,
+}
+
+impl<V: SimdVec> VSource<V> for NoV {
+    const ACTIVE: bool = false;
+    #[inline(always)]
+    unsafe fn load(&self, _i: usize) -> V {
+        V::splat(V::F::ZERO)
+    }
+    #[inline(always)]
+    unsafe fn load_tail(&self, _i: usize, _n: usize) -> V {
+        V::splat(V::F::ZERO)
+    }
+}
+
+impl<V: SimdVec> VSource<V> for Ones {
+    const ACTIVE: bool = true;
+    #[inline(always)]
+    unsafe fn load(&self, _i: usize) -> V {
+        V::splat(V::F::ONE)
+    }
+    #[inline(always)]
+    unsafe fn load_tail(&self, _i: usize, n: usize) -> V {
+        let ones = [V::F::ONE; 16];
+        // SAFETY: `ones` holds at least `n < LANES ≤ 16` elements.
+        unsafe { V::load_tail(ones.as_ptr(), n, V::F::ZERO) }
+    }
+}
+
+impl<V: SimdVec> VSource<V> for W<V::F> {
+    const ACTIVE: bool = true;
+    #[inline(always)]
+    unsafe fn load(&self, i: usize) -> V {
+        // SAFETY: the caller keeps `i..i + LANES` in bounds.
+        unsafe { V::load(self.0.add(i)) }
+    }
+    #[inline(always)]
+    unsafe fn load_tail(&self, i: usize, n: usize) -> V {
+        // SAFETY: the caller keeps `i..i + n` in bounds.
+        unsafe { V::load_tail(self.0.add(i), n, V::F::ZERO) }
+    }
+}
+
+impl<V: SimdVec> VSource<V> for T<V::F> {
+    const ACTIVE: bool = true;
+    #[inline(always)]
+    unsafe fn load(&self, i: usize) -> V {
+        // SAFETY: the caller keeps `i..i + LANES` in bounds.
+        let t = unsafe { V::load(self.t.add(i)) };
+        t.mul_add(V::splat(self.a), V::splat(self.b))
+    }
+    #[inline(always)]
+    unsafe fn load_tail(&self, i: usize, n: usize) -> V {
+        // SAFETY: the caller keeps `i..i + n` in bounds.
+        let t = unsafe { V::load_tail(self.t.add(i), n, V::F::ZERO) };
+        let v = t.mul_add(V::splat(self.a), V::splat(self.b));
+        // Lanes past the tail must weigh nothing, whatever b is.
+        let mask = [V::F::ONE; 16];
+        // SAFETY: `mask` holds at least `n < LANES ≤ 16` elements.
+        v.mul(unsafe { V::load_tail(mask.as_ptr(), n, V::F::ZERO) })
+    }
+}
+
+impl<V: SimdVec> VSource<V> for TW<V::F> {
+    const ACTIVE: bool = true;
+    #[inline(always)]
+    unsafe fn load(&self, i: usize) -> V {
+        // SAFETY: the caller keeps `i..i + LANES` in bounds of both arrays.
+        let (t, w) = unsafe { (V::load(self.t.add(i)), V::load(self.w.add(i))) };
+        t.mul_add(V::splat(self.a), V::splat(self.b)).mul(w)
+    }
+    #[inline(always)]
+    unsafe fn load_tail(&self, i: usize, n: usize) -> V {
+        // SAFETY: the caller keeps `i..i + n` in bounds of both arrays; w's fill of 0 zeroes
+        // the lanes past the tail.
+        let (t, w) = unsafe {
+            (
+                V::load_tail(self.t.add(i), n, V::F::ZERO),
+                V::load_tail(self.w.add(i), n, V::F::ZERO),
+            )
+        };
+        t.mul_add(V::splat(self.a), V::splat(self.b)).mul(w)
+    }
+}
+
+/// The statistics of `x[..n]` with weights from `v`.
+///
+/// # Safety
+/// `x` must be readable for `n` values and `v` in bounds for `n` lanes.
+#[inline(always)]
+pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -> Stats {
+    let l = V::LANES;
+    let ninf = V::F::NEG_INF;
+    // Pass 1: the maximum, four accumulators deep.
+    let (mut m0, mut m1, mut m2, mut m3) = (
+        V::splat(ninf),
+        V::splat(ninf),
+        V::splat(ninf),
+        V::splat(ninf),
+    );
+    let mut i = 0;
+    // SAFETY: every load stays inside `x[..n]`.
+    unsafe {
+        while i + 4 * l <= n {
+            m0 = m0.max_acc(V::load(x.add(i)));
+            m1 = m1.max_acc(V::load(x.add(i + l)));
+            m2 = m2.max_acc(V::load(x.add(i + 2 * l)));
+            m3 = m3.max_acc(V::load(x.add(i + 3 * l)));
+            i += 4 * l;
+        }
+        while i + l <= n {
+            m0 = m0.max_acc(V::load(x.add(i)));
+            i += l;
+        }
+        if i < n {
+            m0 = m0.max_acc(V::load_tail(x.add(i), n - i, ninf));
+        }
+    }
+    let m = m0.max_acc(m1).max_acc(m2.max_acc(m3)).reduce_max();
+    let shift = V::F::from_f64(Stats::shift_for(m.to_f64()));
+    let (mv, sv) = (V::splat(m), V::splat(shift));
+
+    // Pass 2 (from L1): Σ e^(x − m) over x ≠ m, how many x = m, and the weighted sum.
+    let zero = V::splat(V::F::ZERO);
+    let (mut a0, mut a1, mut d0, mut s0) = (zero, zero, zero, zero);
+    let mut cnt = 0u32;
+    let mut i = 0;
+    // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
+    unsafe {
+        while i + 2 * l <= n {
+            let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
+            cnt += V::count_eq(x0, mv) + V::count_eq(x1, mv);
+            let (v0, v1) = if S::ACTIVE {
+                (Some(v.load(i)), Some(v.load(i + l)))
+            } else {
+                (None, None)
+            };
+            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
+            a1 = stats_step(a1, &mut d0, &mut s0, x1, v1, mv, sv);
+            i += 2 * l;
+        }
+        while i + l <= n {
+            let x0 = V::load(x.add(i));
+            cnt += V::count_eq(x0, mv);
+            let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
+            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
+            i += l;
+        }
+        if i < n {
+            let k = n - i;
+            let x0 = V::load_tail(x.add(i), k, ninf);
+            cnt += V::count_eq(x0, mv);
+            if m == ninf {
+                // The −inf fill lanes equal the maximum here: they are not values.
+                cnt -= (l - k) as u32;
+            }
+            let v0 = if S::ACTIVE {
+                Some(v.load_tail(i, k))
+            } else {
+                None
+            };
+            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
+        }
+    }
+    Stats {
+        m: m.to_f64(),
+        cnt: cnt as f64,
+        rest: a0.add(a1).reduce_sum(),
+        shift: shift.to_f64(),
+        dot: d0.reduce_sum(),
+        vsum: s0.reduce_sum(),
+    }
+}
+
+/// One vector of the statistics pass. A function, not a closure, so that it is certain to be
+/// inlined into the `#[target_feature]` caller.
+#[inline(always)]
+fn stats_step<V: SimdVec>(acc: V, d: &mut V, s: &mut V, xv: V, vv: Option<V>, mv: V, sv: V) -> V {
+    let e = xv.sub(mv).exp();
+    if let Some(vv) = vv {
+        *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
+        *s = s.add(vv);
+    }
+    acc.add_where_ne(e, xv, mv)
+}
+
+/// out = k1·e^((x − m) − l) − k2·v over `n` values: softmax (k1 = 1, k2 = 0) and every
+/// cross-entropy gradient (scale·(A·p − v)). `out` may be `x` itself.
+///
+/// # Safety
+/// `x` readable and `out` writable for `n` values; `v` in bounds for `n` lanes.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub unsafe fn write_exp<V: SimdVec, S: VSource<V>>(
+    x: *const V::F,
+    out: *mut V::F,
+    n: usize,
+    m: V::F,
+    l: V::F,
+    k1: V::F,
+    k2: V::F,
+    v: S,
+) {
+    let lanes = V::LANES;
+    let (mv, lv, k1v, k2v) = (V::splat(m), V::splat(l), V::splat(k1), V::splat(k2));
+    let mut i = 0;
+    // SAFETY: every access stays inside `[..n]`; each lane is read before it is written, so
+    // `out == x` is fine.
+    unsafe {
+        while i + lanes <= n {
+            exp_term::<V, S>(V::load(x.add(i)), v.load(i), mv, lv, k1v, k2v).store(out.add(i));
+            i += lanes;
+        }
+        if i < n {
+            let k = n - i;
+            exp_term::<V, S>(
+                V::load_tail(x.add(i), k, V::F::ZERO),
+                v.load_tail(i, k),
+                mv,
+                lv,
+                k1v,
+                k2v,
+            )
+            .store_tail(out.add(i), k);
+        }
+    }
+}
+
+#[inline(always)]
+fn exp_term<V: SimdVec, S: VSource<V>>(xv: V, vv: V, mv: V, lv: V, k1v: V, k2v: V) -> V {
+    let p = xv.sub(mv).sub(lv).exp().mul(k1v);
+    if S::ACTIVE {
+        p.sub(vv.mul(k2v))
+    } else {
+        p
+    }
+}
+
+/// out = (x − m) − l over `n` values: log-softmax. `out` may be `x` itself.
+///
+/// # Safety
+/// `x` readable and `out` writable for `n` values.
+#[inline(always)]
+pub unsafe fn write_log<V: SimdVec>(x: *const V::F, out: *mut V::F, n: usize, m: V::F, l: V::F) {
+    let lanes = V::LANES;
+    let (mv, lv) = (V::splat(m), V::splat(l));
+    let mut i = 0;
+    // SAFETY: every access stays inside `[..n]`, each lane read before written.
+    unsafe {
+        while i + lanes <= n {
+            V::load(x.add(i)).sub(mv).sub(lv).store(out.add(i));
+            i += lanes;
+        }
+        if i < n {
+            let k = n - i;
+            V::load_tail(x.add(i), k, V::F::ZERO)
+                .sub(mv)
+                .sub(lv)
+                .store_tail(out.add(i), k);
+        }
+    }
+}

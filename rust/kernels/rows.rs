@@ -1,0 +1,313 @@
+//! Row-wise driving of the chunk loops: storage conversion, splitting long rows into segments
+//! when there are few rows, and the thread pool. Every row-wise operation (log-sum-exp,
+//! softmax, cross-entropy forward, fused gradient) is a [`RowOp`] run by [`drive`].
+
+use super::chunk::{self, NoV, Ones, TW, W};
+use super::stats::Stats;
+use crate::elem::{Buf, Elem, CHUNK};
+use crate::parallel::{for_blocks, Shared};
+use crate::simd::{Float, Kernel, SimdVec};
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// Rows fewer than this, of at least two segments' length, are split into segments so that
+/// every thread gets work. Fixed numbers, not the thread count, decide the split, so results
+/// never depend on the thread count.
+pub const SPLIT_ROWS: usize = 32;
+pub const SEG_LEN: usize = 16 * CHUNK;
+
+/// Segments per row for a `rows × cols` problem.
+pub fn segments(rows: usize, cols: usize) -> usize {
+    if rows < SPLIT_ROWS && cols >= 2 * SEG_LEN {
+        cols.div_ceil(SEG_LEN)
+    } else {
+        1
+    }
+}
+
+fn seg_range(cols: usize, nseg: usize, s: usize) -> Range<usize> {
+    if nseg == 1 {
+        0..cols
+    } else {
+        s * SEG_LEN..((s + 1) * SEG_LEN).min(cols)
+    }
+}
+
+/// Per-task scratch chunks for storage types that are converted (float16, bfloat16).
+pub struct Scratch<F> {
+    x: Buf<F>,
+    t: Buf<F>,
+    o: Buf<F>,
+}
+
+impl<F: Float> Scratch<F> {
+    fn new() -> Box<Self> {
+        Box::new(Scratch {
+            x: [F::ZERO; CHUNK],
+            t: [F::ZERO; CHUNK],
+            o: [F::ZERO; CHUNK],
+        })
+    }
+}
+
+/// The weights v of a row's weighted sum: none, ones, class weights, soft targets (mixed as
+/// a·t + b), or both.
+#[derive(Clone, Copy)]
+pub enum RowV<'a, T: Elem> {
+    None,
+    Ones,
+    W(&'a [T::F]),
+    T {
+        t: *const T,
+        a: T::F,
+        b: T::F,
+    },
+    TW {
+        t: *const T,
+        w: &'a [T::F],
+        a: T::F,
+        b: T::F,
+    },
+}
+
+/// Statistics of `x[range]` (one row starting at `x`).
+///
+/// # Safety
+/// `x` and any target pointer in `v` must be readable over `range`; weights cover `range`.
+#[inline(always)]
+pub unsafe fn segment_stats<T: Elem, V: SimdVec<F = T::F>>(
+    x: *const T,
+    range: Range<usize>,
+    v: RowV<'_, T>,
+    sc: &mut Scratch<T::F>,
+) -> Stats {
+    let mut s = Stats::EMPTY;
+    let mut c0 = range.start;
+    while c0 < range.end {
+        let n = CHUNK.min(range.end - c0);
+        // SAFETY: `c0..c0 + n` lies inside `range`, readable by the caller's contract; the
+        // same holds for targets and weights.
+        let cs = unsafe {
+            let xp = T::read(x.add(c0), n, &mut sc.x);
+            match v {
+                RowV::None => chunk::stats::<V, _>(xp, n, NoV),
+                RowV::Ones => chunk::stats::<V, _>(xp, n, Ones),
+                RowV::W(w) => chunk::stats::<V, _>(xp, n, W(w.as_ptr().add(c0))),
+                RowV::T { t, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut sc.t);
+                    chunk::stats::<V, _>(xp, n, chunk::T { t, a, b })
+                }
+                RowV::TW { t, w, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut sc.t);
+                    let w = w.as_ptr().add(c0);
+                    chunk::stats::<V, _>(xp, n, TW { t, w, a, b })
+                }
+            }
+        };
+        s = if c0 == range.start { cs } else { s.merge(cs) };
+        c0 += n;
+    }
+    s
+}
+
+/// out[range] = k1·e^((x − m) − l) − k2·v over one row's segment; `out` may equal `x`.
+///
+/// # Safety
+/// `x` readable and `out` writable over `range`; `v` as in [`segment_stats`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub unsafe fn write_exp<T: Elem, V: SimdVec<F = T::F>>(
+    x: *const T,
+    out: *mut T,
+    range: Range<usize>,
+    m: T::F,
+    l: T::F,
+    k1: T::F,
+    k2: T::F,
+    v: RowV<'_, T>,
+    sc: &mut Scratch<T::F>,
+) {
+    let mut c0 = range.start;
+    while c0 < range.end {
+        let n = CHUNK.min(range.end - c0);
+        // SAFETY: `c0..c0 + n` lies inside `range` (the caller's contract).
+        unsafe {
+            let xp = T::read(x.add(c0), n, &mut sc.x);
+            let op = T::target(out.add(c0), &mut sc.o);
+            match v {
+                RowV::None => chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, NoV),
+                RowV::Ones => chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, Ones),
+                RowV::W(w) => {
+                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, W(w.as_ptr().add(c0)))
+                }
+                RowV::T { t, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut sc.t);
+                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, chunk::T { t, a, b })
+                }
+                RowV::TW { t, w, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut sc.t);
+                    let w = w.as_ptr().add(c0);
+                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, TW { t, w, a, b })
+                }
+            }
+            T::commit(out.add(c0), n, &sc.o);
+        }
+        c0 += n;
+    }
+}
+
+/// out[range] = (x − m) − l; `out` may equal `x`.
+///
+/// # Safety
+/// `x` readable and `out` writable over `range`.
+#[inline(always)]
+pub unsafe fn write_log<T: Elem, V: SimdVec<F = T::F>>(
+    x: *const T,
+    out: *mut T,
+    range: Range<usize>,
+    m: T::F,
+    l: T::F,
+    sc: &mut Scratch<T::F>,
+) {
+    let mut c0 = range.start;
+    while c0 < range.end {
+        let n = CHUNK.min(range.end - c0);
+        // SAFETY: `c0..c0 + n` lies inside `range` (the caller's contract).
+        unsafe {
+            let xp = T::read(x.add(c0), n, &mut sc.x);
+            let op = T::target(out.add(c0), &mut sc.o);
+            chunk::write_log::<V>(xp, op, n, m, l);
+            T::commit(out.add(c0), n, &sc.o);
+        }
+        c0 += n;
+    }
+}
+
+/// out[range] = value.
+///
+/// # Safety
+/// `out` writable over `range`.
+pub unsafe fn fill<T: Elem>(out: *mut T, range: Range<usize>, value: f64) {
+    let v = T::from_f64(value);
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(out.add(range.start), range.len()) }.fill(v);
+}
+
+/// A row-wise operation: statistics per row, then per-row results and optionally a write
+/// pass over the row.
+pub trait RowOp<T: Elem>: Sync {
+    /// Whether [`RowOp::write`] writes anything (then it runs while the row is in cache).
+    const WRITES: bool;
+    /// Whether rows need statistics at all (a backward pass from saved log-sum-exps doesn't).
+    const STATS: bool = true;
+    /// Row `r` of the input.
+    fn row(&self, r: usize) -> *const T;
+    /// The weights of row `r`'s weighted sum.
+    fn v(&self, r: usize) -> RowV<'_, T>;
+    /// Records per-row results from the row's complete statistics.
+    fn done(&self, r: usize, s: &Stats);
+    /// Writes row `r`'s outputs over `range` (the whole row, or one segment). Implementations
+    /// must be `#[inline(always)]`, so that the vector code lands in the caller's
+    /// `#[target_feature]` instantiation instead of a call per intrinsic.
+    ///
+    /// # Safety
+    /// Each `(r, range)` is written by one task only.
+    unsafe fn write<V: SimdVec<F = T::F>>(
+        &self,
+        r: usize,
+        range: Range<usize>,
+        s: &Stats,
+        sc: &mut Scratch<T::F>,
+    );
+}
+
+enum Phase<'a> {
+    /// Whole rows: statistics, results and the write pass while the row is hot.
+    Rows,
+    /// Segment statistics into a buffer of `rows × nseg`.
+    SegStats(&'a Shared<Stats>),
+    /// The write pass per segment, from merged row statistics.
+    SegWrite(&'a [Stats]),
+}
+
+struct Pass<'a, T: Elem, O: RowOp<T>> {
+    op: &'a O,
+    cols: usize,
+    nseg: usize,
+    units: Range<usize>,
+    phase: &'a Phase<'a>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
+    type F = T::F;
+    type Out = ();
+    #[inline(always)]
+    fn run<V: SimdVec<F = T::F>>(self) {
+        let mut sc = Scratch::<T::F>::new();
+        let (op, cols, nseg) = (self.op, self.cols, self.nseg);
+        for u in self.units {
+            let (r, seg) = (u / nseg, u % nseg);
+            let range = seg_range(cols, nseg, seg);
+            // SAFETY: rows hold `cols` values and targets/weights match (checked by the
+            // public entry points); each unit belongs to exactly one task.
+            unsafe {
+                match self.phase {
+                    Phase::Rows => {
+                        let s = if O::STATS {
+                            segment_stats::<T, V>(op.row(r), range.clone(), op.v(r), &mut sc)
+                        } else {
+                            Stats::EMPTY
+                        };
+                        op.done(r, &s);
+                        if O::WRITES {
+                            op.write::<V>(r, range, &s, &mut sc);
+                        }
+                    }
+                    Phase::SegStats(out) => {
+                        out.set(u, segment_stats::<T, V>(op.row(r), range, op.v(r), &mut sc))
+                    }
+                    Phase::SegWrite(merged) => op.write::<V>(r, range, &merged[r], &mut sc),
+                }
+            }
+        }
+    }
+}
+
+/// Runs `op` over `rows` rows of `cols` values on mlecore's threads.
+pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
+    let nseg = if O::STATS { segments(rows, cols) } else { 1 };
+    let run = |phase: &Phase, units: usize, unit_elems: usize| {
+        for_blocks(units, unit_elems, |units| {
+            T::F::dispatch(Pass {
+                op,
+                cols,
+                nseg,
+                units,
+                phase,
+                _t: PhantomData::<T>,
+            })
+        })
+    };
+    if nseg == 1 {
+        run(&Phase::Rows, rows, cols.max(1));
+        return;
+    }
+    let mut seg = vec![Stats::EMPTY; rows * nseg];
+    run(
+        &Phase::SegStats(&Shared::new(&mut seg)),
+        rows * nseg,
+        SEG_LEN,
+    );
+    // Merged in segment order, on one thread: the same result for every thread count.
+    let merged: Vec<Stats> = seg
+        .chunks(nseg)
+        .map(|c| c[1..].iter().fold(c[0], |a, b| a.merge(*b)))
+        .collect();
+    for (r, s) in merged.iter().enumerate() {
+        op.done(r, s);
+    }
+    if O::WRITES {
+        run(&Phase::SegWrite(&merged), rows * nseg, SEG_LEN);
+    }
+}

@@ -1,0 +1,123 @@
+//! Log-sum-exp, softmax and log-softmax over the rows of a C-contiguous matrix.
+
+use super::rows::{drive, fill, write_exp, write_log, RowOp, RowV, Scratch};
+use super::stats::Stats;
+use crate::elem::Elem;
+use crate::error::{check_len, KernelError};
+use crate::parallel::{SendPtr, Shared};
+use crate::simd::{Float, SimdVec};
+use std::ops::Range;
+
+struct Lse<'a, T: Elem> {
+    x: &'a [T],
+    cols: usize,
+    out: Shared<T>,
+}
+
+impl<T: Elem> RowOp<T> for Lse<'_, T> {
+    const WRITES: bool = false;
+    fn row(&self, r: usize) -> *const T {
+        self.x[r * self.cols..].as_ptr()
+    }
+    fn v(&self, _r: usize) -> RowV<'_, T> {
+        RowV::None
+    }
+    fn done(&self, r: usize, s: &Stats) {
+        // SAFETY: each row is finished exactly once.
+        unsafe { self.out.set(r, T::from_f64(s.lse())) }
+    }
+    #[inline(always)]
+    unsafe fn write<V: SimdVec<F = T::F>>(
+        &self,
+        _: usize,
+        _: Range<usize>,
+        _: &Stats,
+        _: &mut Scratch<T::F>,
+    ) {
+    }
+}
+
+/// out[r] = log Σ_c e^x[r, c] for the `out.len()` rows of `x` (row-major, `cols` wide).
+///
+/// An empty row gives −inf, a row with a NaN gives NaN, a row of −inf gives −inf, and a
+/// row with +inf gives +inf.
+pub fn logsumexp_rows<T: Elem>(x: &[T], cols: usize, out: &mut [T]) -> Result<(), KernelError> {
+    let rows = out.len();
+    check_len("input", x.len(), rows * cols)?;
+    let op = Lse {
+        x,
+        cols,
+        out: Shared::new(out),
+    };
+    drive(&op, rows, cols);
+    Ok(())
+}
+
+struct Softmax<'a, T: Elem> {
+    x: *const T,
+    out: SendPtr<T>,
+    cols: usize,
+    log: bool,
+    _x: std::marker::PhantomData<&'a [T]>,
+}
+
+// SAFETY: `x` is only read; `out` is written at disjoint rows/segments (`RowOp::write`).
+unsafe impl<T: Elem> Sync for Softmax<'_, T> {}
+
+impl<T: Elem> RowOp<T> for Softmax<'_, T> {
+    const WRITES: bool = true;
+    fn row(&self, r: usize) -> *const T {
+        self.x.wrapping_add(r * self.cols)
+    }
+    fn v(&self, _r: usize) -> RowV<'_, T> {
+        RowV::None
+    }
+    fn done(&self, _r: usize, _s: &Stats) {}
+    #[inline(always)]
+    unsafe fn write<V: SimdVec<F = T::F>>(
+        &self,
+        r: usize,
+        range: Range<usize>,
+        s: &Stats,
+        sc: &mut Scratch<T::F>,
+    ) {
+        let (x, out) = (self.row(r), self.out.0.wrapping_add(r * self.cols));
+        let (m, l) = (T::F::from_f64(s.m), T::F::from_f64(s.l()));
+        // SAFETY: the row holds `cols` values; this task owns `range` of it.
+        unsafe {
+            if s.m == f64::INFINITY || s.rest.is_nan() {
+                // torch's answer: a +inf or NaN logit makes the whole row NaN.
+                fill(out, range, f64::NAN);
+            } else if self.log {
+                write_log::<T, V>(x, out, range, m, l, sc);
+            } else {
+                write_exp::<T, V>(x, out, range, m, l, T::F::ONE, T::F::ZERO, RowV::None, sc);
+            }
+        }
+    }
+}
+
+/// Writes softmax (or log-softmax, with `log`) of each row of `x` into `out`.
+///
+/// `x` may be `None` for in-place operation on `out`.
+pub fn softmax_rows<T: Elem>(
+    x: Option<&[T]>,
+    out: &mut [T],
+    cols: usize,
+    log: bool,
+) -> Result<(), KernelError> {
+    let rows = out.len().checked_div(cols).unwrap_or(0);
+    check_len("output", out.len(), rows * cols)?;
+    if let Some(x) = x {
+        check_len("input", x.len(), out.len())?;
+    }
+    let op = Softmax {
+        x: x.map_or(out.as_ptr(), |x| x.as_ptr()),
+        out: SendPtr(out.as_mut_ptr()),
+        cols,
+        log,
+        _x: std::marker::PhantomData,
+    };
+    drive(&op, rows, cols);
+    Ok(())
+}

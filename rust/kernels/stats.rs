@@ -1,0 +1,96 @@
+//! The partial log-sum-exp of a stretch of values, and how two partials merge.
+//!
+//! A partial keeps the maximum `m`, how many values equal it (`cnt`) and the sum of
+//! e^(x − m) over the others (`rest`), so that lse − m = log1p(cnt − 1 + rest) keeps full
+//! precision when one term dominates (logsumexp([0, −40]) = 4.25e-18, not 0). It also carries
+//! an optional weighted sum Σ v·(x − shift) that cross-entropy needs, shifted by the maximum
+//! so that large logits do not cancel.
+
+/// Partial statistics of a stretch of one row. Merging is associative, and kernels merge in a
+/// fixed order, so results do not depend on how work was split over threads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    /// Maximum over the non-NaN values (−inf when there are none).
+    pub m: f64,
+    /// How many values equal `m`.
+    pub cnt: f64,
+    /// Σ e^(x − m) over values ≠ m; NaN when any value is NaN.
+    pub rest: f64,
+    /// The reference of `dot`: `m` when finite, else 0.
+    pub shift: f64,
+    /// Σ v·(x − shift), with 0 wherever v = 0.
+    pub dot: f64,
+    /// Σ v.
+    pub vsum: f64,
+}
+
+impl Stats {
+    /// The statistics of nothing: log-sum-exp −inf.
+    pub const EMPTY: Stats = Stats {
+        m: f64::NEG_INFINITY,
+        cnt: 0.0,
+        rest: 0.0,
+        shift: 0.0,
+        dot: 0.0,
+        vsum: 0.0,
+    };
+
+    pub fn shift_for(m: f64) -> f64 {
+        if m.is_finite() {
+            m
+        } else {
+            0.0
+        }
+    }
+
+    /// lse − m, at full precision when the maximum dominates.
+    pub fn l(&self) -> f64 {
+        (self.cnt - 1.0 + self.rest).ln_1p()
+    }
+
+    /// The log-sum-exp of the stretch.
+    pub fn lse(&self) -> f64 {
+        self.m + self.l()
+    }
+
+    /// Σ v·(lse − x): the v-weighted negative log-likelihood, computed without cancellation.
+    pub fn weighted_nll(&self) -> f64 {
+        if self.vsum == 0.0 {
+            // No weight on the row: also when lse is infinite (0·inf would be NaN).
+            return -self.dot;
+        }
+        self.vsum * ((self.m - self.shift) + self.l()) - self.dot
+    }
+
+    /// The statistics of both stretches together.
+    pub fn merge(self, o: Stats) -> Stats {
+        let m = if o.m > self.m { o.m } else { self.m };
+        let shift = Stats::shift_for(m);
+        let (ca, ra) = self.rescaled(m);
+        let (cb, rb) = o.rescaled(m);
+        Stats {
+            m,
+            cnt: ca + cb,
+            rest: ra + rb,
+            shift,
+            dot: self.rebased_dot(shift) + o.rebased_dot(shift),
+            vsum: self.vsum + o.vsum,
+        }
+    }
+
+    fn rescaled(&self, m: f64) -> (f64, f64) {
+        if self.m == m {
+            (self.cnt, self.rest)
+        } else {
+            (0.0, (self.cnt + self.rest) * (self.m - m).exp())
+        }
+    }
+
+    fn rebased_dot(&self, shift: f64) -> f64 {
+        if self.vsum == 0.0 {
+            self.dot
+        } else {
+            self.dot + self.vsum * (self.shift - shift)
+        }
+    }
+}

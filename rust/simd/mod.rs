@@ -1,0 +1,285 @@
+//! Run-time selected SIMD tiers behind one vector trait.
+//!
+//! Kernels are written once, generic over [`SimdVec`], and instantiated per tier inside a
+//! `#[target_feature]` function (see [`Float::dispatch`]), so the one binary uses AVX-512 or
+//! AVX2+FMA where the CPU has them and plain scalar code elsewhere (aarch64 included).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+
+pub use scalar::Scalar;
+
+/// Range reduction and polynomial constants shared by every vector `exp`.
+pub(crate) mod consts {
+    pub const LOG2E_F32: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 split in two (Cody–Waite): `C1` is exact in few bits, so `n * C1` is exact.
+    pub const LN2_HI_F32: f32 = 0.693_359_4;
+    pub const LN2_LO_F32: f32 = -2.121_944_4e-4;
+    /// Below ln(FLT_MIN) the result would be subnormal: it is flushed to zero.
+    pub const EXP_LO_F32: f32 = -87.336_54;
+    pub const EXP_HI_F32: f32 = 88.0;
+    /// Cephes `expf` minimax coefficients for e^r ≈ 1 + r + r²·P(r), |r| ≤ ln2/2.
+    pub const EXP_P_F32: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+
+    pub const LOG2E_F64: f64 = std::f64::consts::LOG2_E;
+    pub const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    pub const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    pub const EXP_LO_F64: f64 = -708.396_418_532_264;
+    pub const EXP_HI_F64: f64 = 709.0;
+    /// Taylor coefficients 1/13! … 1/2!: truncation error below 1e-17 on |r| ≤ ln2/2.
+    pub const EXP_P_F64: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        1.0 / 2.0,
+    ];
+}
+
+/// A floating-point compute type of the kernels: `f32` or `f64`.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    const NAN: Self;
+    fn to_f64(self) -> f64;
+    fn from_f64(x: f64) -> Self;
+    /// Scalar e^x with the same edge semantics as [`SimdVec::exp`].
+    fn exp_scalar(self) -> Self;
+    fn is_nan(self) -> bool;
+    /// Runs `k` with the widest vector type this CPU supports for `Self`.
+    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out;
+}
+
+/// A vector of `LANES` floats of one tier.
+///
+/// # Safety
+/// Implementations use instructions of their tier. A type is only instantiated by
+/// [`Float::dispatch`] after run-time detection found the tier's features, so its methods may
+/// assume those features are present.
+pub unsafe trait SimdVec: Copy {
+    type F: Float;
+    const LANES: usize;
+    fn splat(x: Self::F) -> Self;
+    /// # Safety
+    /// `p` must be valid for reading `LANES` elements.
+    unsafe fn load(p: *const Self::F) -> Self;
+    /// Loads `n < LANES` elements and fills the other lanes with `fill`.
+    /// # Safety
+    /// `p` must be valid for reading `n` elements.
+    unsafe fn load_tail(p: *const Self::F, n: usize, fill: Self::F) -> Self;
+    /// # Safety
+    /// `p` must be valid for writing `LANES` elements.
+    unsafe fn store(self, p: *mut Self::F);
+    /// # Safety
+    /// `p` must be valid for writing `n < LANES` elements.
+    unsafe fn store_tail(self, p: *mut Self::F, n: usize);
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    /// `self * b + c`, fused where the tier has FMA.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    /// Lane-wise maximum that never lets a NaN of `x` into the accumulator `self`.
+    fn max_acc(self, x: Self) -> Self;
+    /// e^x for x ≤ 0: NaN stays NaN, −inf and anything below the normal range give 0.
+    fn exp(self) -> Self;
+    /// `self + e` in the lanes where `x != m`; NaN lanes of `x` count as unequal.
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self;
+    /// How many lanes of `x` equal `m`.
+    fn count_eq(x: Self, m: Self) -> u32;
+    /// `v * d`, but exactly 0 where `v == 0` (so 0 · ±inf = 0, as 0·log 0 = 0).
+    fn mul_nonzero(v: Self, d: Self) -> Self;
+    fn reduce_sum(self) -> f64;
+    fn reduce_max(self) -> Self::F;
+}
+
+/// A computation generic over the vector type, run by [`Float::dispatch`].
+pub trait Kernel {
+    type F: Float;
+    type Out;
+    fn run<V: SimdVec<F = Self::F>>(self) -> Self::Out;
+}
+
+/// The instruction-set tiers, widest last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Tier {
+    Scalar = 1,
+    Avx2 = 2,
+    Avx512 = 3,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Scalar => "scalar",
+            Tier::Avx2 => "avx2+fma",
+            Tier::Avx512 => "avx512",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Tier> {
+        match s {
+            "scalar" => Some(Tier::Scalar),
+            "avx2" | "avx2+fma" => Some(Tier::Avx2),
+            "avx512" => Some(Tier::Avx512),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> Tier {
+        match v {
+            3 => Tier::Avx512,
+            2 => Tier::Avx2,
+            _ => Tier::Scalar,
+        }
+    }
+}
+
+/// The widest tier this CPU supports.
+pub fn detected_tier() -> Tier {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512::supported() {
+            return Tier::Avx512;
+        }
+        if avx2::supported() {
+            return Tier::Avx2;
+        }
+    }
+    Tier::Scalar
+}
+
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// The tier in use: the detected one unless lowered by [`set_tier`] or `MLECORE_SIMD`.
+pub fn tier() -> Tier {
+    match ACTIVE.load(Ordering::Relaxed) {
+        0 => {
+            let detected = detected_tier();
+            let chosen = std::env::var("MLECORE_SIMD")
+                .ok()
+                .and_then(|s| Tier::from_name(&s))
+                .map_or(detected, |t| t.min(detected));
+            ACTIVE.store(chosen as u8, Ordering::Relaxed);
+            chosen
+        }
+        v => Tier::from_u8(v),
+    }
+}
+
+/// Uses `t`, or the detected tier if the CPU lacks `t`; returns the tier now in use.
+/// Tests use it to check every tier against the scalar reference.
+pub fn set_tier(t: Tier) -> Tier {
+    let chosen = t.min(detected_tier());
+    ACTIVE.store(chosen as u8, Ordering::Relaxed);
+    chosen
+}
+
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    const NAN: Self = f32::NAN;
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn exp_scalar(self) -> Self {
+        if self < consts::EXP_LO_F32 {
+            0.0
+        } else {
+            self.exp()
+        }
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
+        match tier() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `tier()` only reports a tier that `detected_tier()` found on this CPU.
+            Tier::Avx512 => unsafe { avx512::run_f32(k) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Tier::Avx2 => unsafe { avx2::run_f32(k) },
+            _ => k.run::<Scalar<f32>>(),
+        }
+    }
+}
+
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    const NAN: Self = f64::NAN;
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn exp_scalar(self) -> Self {
+        if self < consts::EXP_LO_F64 {
+            0.0
+        } else {
+            self.exp()
+        }
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
+        match tier() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `tier()` only reports a tier that `detected_tier()` found on this CPU.
+            Tier::Avx512 => unsafe { avx512::run_f64(k) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Tier::Avx2 => unsafe { avx2::run_f64(k) },
+            _ => k.run::<Scalar<f64>>(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
