@@ -1,0 +1,104 @@
+"""Turning numpy inputs into what the kernels take: float arrays viewed as C-contiguous rows.
+
+The kernels reduce over the last axis of a C-contiguous 2-D array. Any other layout or axis
+is brought there here, without a copy where a view suffices (C order with trailing axes,
+Fortran order with leading axes), otherwise with one copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # numpy >= 2
+    from numpy.lib.array_utils import normalize_axis_tuple
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.numeric import normalize_axis_tuple
+
+#: dtypes the kernels compute in; float16 is computed with float32 accumulation.
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+
+def as_float_array(a, name: str = "input") -> np.ndarray:
+    """`a` as a native-endian float16/32/64 array; integers and bools become float64.
+
+    Raises TypeError for complex, object, string and extended-precision input.
+    """
+    arr = np.asarray(a)
+    kind = arr.dtype.kind
+    if kind == "f":
+        if arr.dtype.itemsize > 8:
+            raise TypeError(
+                f"{name} has dtype {arr.dtype}; mlecore computes in float16, float32 or "
+                "float64: convert it first"
+            )
+    elif kind in "iub":
+        arr = arr.astype(np.float64)
+    elif kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); mlecore takes real input only")
+    else:
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels accumulate in for storage `dtype` (float32 for float16)."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def axes_of(axis, ndim: int) -> tuple[int, ...]:
+    """`axis` (None, int or tuple) as sorted non-negative axes; numpy's errors otherwise."""
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(sorted(normalize_axis_tuple(axis, ndim)))
+
+
+@dataclass
+class Rows:
+    """An array seen as `rows` × `cols`, reducing over `axes`.
+
+    `matrix` is C-contiguous; `tshape` and `perm` say how to put a same-shaped result back:
+    ``result.reshape(tshape).transpose(inverse(perm))``.
+    """
+
+    matrix: np.ndarray
+    kept_shape: tuple[int, ...]
+    tshape: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    def restore(self, m: np.ndarray) -> np.ndarray:
+        """A rows × cols result (like `matrix`) back in the original axis order."""
+        return m.reshape(self.tshape).transpose(np.argsort(self.perm))
+
+    def restore_reduced(self, v: np.ndarray) -> np.ndarray:
+        """One value per row back in the shape of the kept axes, in their original order."""
+        nk = len(self.kept_shape)
+        return v.reshape(self.tshape[:nk]).transpose(np.argsort(self.perm[:nk]))
+
+
+def as_rows(arr: np.ndarray, axes: tuple[int, ...]) -> Rows:
+    """`arr` as C-contiguous rows over `axes`, copying only when no view will do."""
+    nd = arr.ndim
+    kept = tuple(i for i in range(nd) if i not in axes)
+    kept_shape = tuple(arr.shape[i] for i in kept)
+    rows = math.prod(kept_shape)
+    cols = math.prod(arr.shape[i] for i in axes)
+    if arr.flags.c_contiguous and axes == tuple(range(nd - len(axes), nd)):
+        perm = tuple(range(nd))
+        src = arr
+    elif arr.flags.f_contiguous and axes == tuple(range(len(axes))):
+        # Fortran order: the transpose is C-contiguous with the reduced axes last.
+        perm = tuple(reversed(range(nd)))
+        src = arr.T
+    else:
+        perm = kept + axes
+        src = np.ascontiguousarray(arr.transpose(perm))
+    tshape = tuple(arr.shape[i] for i in perm)
+    matrix = src.reshape(rows, cols)
+    if not matrix.flags.c_contiguous:  # a size-0 or size-1 reshape can still need this
+        matrix = np.ascontiguousarray(matrix)
+    return Rows(matrix, kept_shape, tshape, perm)

@@ -1,0 +1,66 @@
+"""Threads and the run-time configuration report."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import _mlecore as _ext
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads mlecore's kernels use.
+
+    Parameters
+    ----------
+    n : int
+        At least 1. Results do not depend on it: per-row values and reductions are computed
+        in a fixed order.
+
+    Examples
+    --------
+    >>> import mlecore
+    >>> mlecore.set_num_threads(1)
+    >>> mlecore.get_num_threads()
+    1
+    """
+    _ext.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of threads mlecore's kernels use.
+
+    The default is the environment variable ``MLECORE_NUM_THREADS`` when set, else the
+    number of cores available to the process.
+
+    Examples
+    --------
+    >>> import mlecore
+    >>> mlecore.get_num_threads() >= 1
+    True
+    """
+    return _ext.get_num_threads()
+
+
+def show_config(file=None) -> None:
+    """Print mlecore's version, the SIMD level chosen at run time and the thread count.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print; standard output by default.
+
+    Examples
+    --------
+    >>> import mlecore
+    >>> mlecore.show_config()  # doctest: +SKIP
+    mlecore 0.1.0
+      simd:     avx512 (detected: avx512)
+      threads:  2
+      python:   3.11.7 (x86_64)
+    """
+    out = file or sys.stdout
+    print(f"mlecore {_ext.__version__}", file=out)
+    print(f"  simd:     {_ext.simd_tier()} (detected: {_ext.detected_simd_tier()})", file=out)
+    print(f"  threads:  {_ext.get_num_threads()}", file=out)
+    print(f"  python:   {platform.python_version()} ({platform.machine()})", file=out)
