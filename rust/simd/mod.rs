@@ -76,8 +76,13 @@ pub trait Float:
     /// Scalar e^x with the same edge semantics as [`SimdVec::exp`].
     fn exp_scalar(self) -> Self;
     fn is_nan(self) -> bool;
-    /// Runs `k` with the widest vector type this CPU supports for `Self`.
-    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out;
+    /// Runs `k` with the vector type of `tier` (or of the widest tier the CPU has, if lower).
+    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out;
+    /// Runs `k` with the vector type of the tier in use ([`tier`]).
+    #[inline]
+    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
+        Self::dispatch_on(tier(), k)
+    }
 }
 
 /// A vector of `LANES` floats of one tier.
@@ -230,10 +235,10 @@ impl Float for f32 {
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
-    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
-        match tier() {
+    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
+        match tier.min(detected_tier()) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `tier()` only reports a tier that `detected_tier()` found on this CPU.
+            // SAFETY: the tier is capped by what `detected_tier()` found on this CPU.
             Tier::Avx512 => unsafe { avx512::run_f32(k) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -268,10 +273,10 @@ impl Float for f64 {
     fn is_nan(self) -> bool {
         f64::is_nan(self)
     }
-    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
-        match tier() {
+    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
+        match tier.min(detected_tier()) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `tier()` only reports a tier that `detected_tier()` found on this CPU.
+            // SAFETY: the tier is capped by what `detected_tier()` found on this CPU.
             Tier::Avx512 => unsafe { avx512::run_f64(k) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -1,1 +1,193 @@
+//! Every tier's vector operations against plain scalar arithmetic, and the vector `exp`
+//! against float64 on a dense sweep.
 
+use super::*;
+
+const TIERS: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Avx512];
+
+/// Applies `V::exp` to `x` lane-wise (tails included) on one tier.
+struct ExpAll<'a, F> {
+    x: &'a [F],
+    out: &'a mut [F],
+}
+
+impl<F: Float> Kernel for ExpAll<'_, F> {
+    type F = F;
+    type Out = ();
+    fn run<V: SimdVec<F = F>>(self) {
+        let l = V::LANES;
+        let mut i = 0;
+        // SAFETY: loads and stores stay inside the slices.
+        unsafe {
+            while i + l <= self.x.len() {
+                V::load(self.x.as_ptr().add(i)).exp().store(self.out.as_mut_ptr().add(i));
+                i += l;
+            }
+            let k = self.x.len() - i;
+            if k > 0 {
+                V::load_tail(self.x.as_ptr().add(i), k, F::ZERO)
+                    .exp()
+                    .store_tail(self.out.as_mut_ptr().add(i), k);
+            }
+        }
+    }
+}
+
+fn ulp_f32(got: f32, want: f64) -> f64 {
+    let w = want as f32;
+    if got == w {
+        return 0.0;
+    }
+    let ulp = (f32::from_bits(w.to_bits() + 1) - w) as f64;
+    ((got as f64) - want).abs() / ulp
+}
+
+fn ulp_f64(got: f64, want: f64) -> f64 {
+    if got == want {
+        return 0.0;
+    }
+    let ulp = f64::from_bits(want.to_bits() + 1) - want;
+    (got - want).abs() / ulp
+}
+
+#[test]
+fn exp_f32_within_2_ulp_on_a_dense_sweep() {
+    // Every 61st float in [−87.33, 0] (about 18 million values): tails of all widths too.
+    let lo = consts::EXP_LO_F32;
+    let xs: Vec<f32> = (0u32..)
+        .map(|k| -f32::from_bits(k * 61))
+        .take_while(|&x| x >= lo)
+        .collect();
+    for tier in TIERS {
+        let mut out = vec![0f32; xs.len()];
+        f32::dispatch_on(tier, ExpAll { x: &xs, out: &mut out });
+        let worst = xs
+            .iter()
+            .zip(&out)
+            .map(|(&x, &y)| ulp_f32(y, (x as f64).exp()))
+            .fold(0.0, f64::max);
+        assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
+    }
+}
+
+#[test]
+fn exp_f64_within_2_ulp() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let xs: Vec<f64> = (0..400_000)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            consts::EXP_LO_F64 * (s >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect();
+    for tier in TIERS {
+        let mut out = vec![0f64; xs.len()];
+        f64::dispatch_on(tier, ExpAll { x: &xs, out: &mut out });
+        let worst = xs
+            .iter()
+            .zip(&out)
+            .map(|(&x, &y)| ulp_f64(y, x.exp()))
+            .fold(0.0, f64::max);
+        assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
+    }
+}
+
+#[test]
+fn exp_edge_values() {
+    for tier in TIERS {
+        let x = [f32::NEG_INFINITY, f32::NAN, -100.0, -87.4, 0.0, -0.0, 1e-30, -1.0, -2.0];
+        let mut out = [0f32; 9];
+        f32::dispatch_on(tier, ExpAll { x: &x, out: &mut out });
+        assert_eq!(out[0], 0.0, "{tier:?}");
+        assert!(out[1].is_nan(), "{tier:?}");
+        assert_eq!(out[2], 0.0, "{tier:?}");
+        assert_eq!(out[3], 0.0, "{tier:?}");
+        assert_eq!(out[4], 1.0, "{tier:?}");
+        assert_eq!(out[5], 1.0, "{tier:?}");
+        assert!((out[7] - (-1f32).exp()).abs() < 2e-7, "{tier:?}");
+
+        let x = [f64::NEG_INFINITY, f64::NAN, -800.0, 0.0, -1.0];
+        let mut out = [0f64; 5];
+        f64::dispatch_on(tier, ExpAll { x: &x, out: &mut out });
+        assert_eq!(out[0], 0.0);
+        assert!(out[1].is_nan());
+        assert_eq!(out[2], 0.0);
+        assert_eq!(out[3], 1.0);
+        assert!((out[4] - (-1f64).exp()).abs() < 1e-16);
+    }
+}
+
+/// The masked and horizontal operations on one vector, compared with scalar loops.
+struct Ops<'a, F> {
+    x: &'a [F],
+    m: F,
+    res: &'a mut Vec<f64>,
+}
+
+impl<F: Float> Kernel for Ops<'_, F> {
+    type F = F;
+    type Out = ();
+    fn run<V: SimdVec<F = F>>(self) {
+        self.res.push(V::LANES as f64);
+        for n in 1..=V::LANES.min(self.x.len()) {
+            // SAFETY: n ≤ x.len() elements are read.
+            let v = unsafe {
+                if n == V::LANES {
+                    V::load(self.x.as_ptr())
+                } else {
+                    V::load_tail(self.x.as_ptr(), n, F::NEG_INF)
+                }
+            };
+            let mv = V::splat(self.m);
+            let ones = V::splat(F::ONE);
+            self.res.push(V::count_eq(v, mv) as f64);
+            self.res
+                .push(V::splat(F::ZERO).add_where_ne(ones, v, mv).reduce_sum());
+            self.res
+                .push(V::splat(F::NEG_INF).max_acc(v).reduce_max().to_f64());
+            self.res.push(V::mul_nonzero(v, ones).reduce_sum());
+        }
+    }
+}
+
+#[test]
+fn masked_and_horizontal_ops_agree_across_tiers() {
+    let x: Vec<f32> = vec![
+        3.0, -1.0, 3.0, 0.0, f32::NAN, 2.5, 3.0, -7.0, 1.0, 0.0, 3.0, -2.0, 0.5, 0.25, 3.0, 1.5,
+    ];
+    // What a vector of `l` lanes holding x[..n] and −inf fill should give.
+    let want_for = |l: usize| {
+        let mut want = vec![l as f64];
+        for n in 1..=l {
+            let s: Vec<f32> = (0..l)
+                .map(|i| if i < n { x[i] } else { f32::NEG_INFINITY })
+                .collect();
+            want.push(s.iter().filter(|&&v| v == 3.0).count() as f64);
+            want.push(s.iter().filter(|&&v| v != 3.0).count() as f64);
+            want.push(
+                s.iter()
+                    .filter(|v| !v.is_nan())
+                    .fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64,
+            );
+            want.push(s.iter().filter(|&&v| v != 0.0).map(|&v| v as f64).sum());
+        }
+        want
+    };
+    for tier in TIERS {
+        let mut res = Vec::new();
+        f32::dispatch_on(
+            tier,
+            Ops {
+                x: &x,
+                m: 3.0,
+                res: &mut res,
+            },
+        );
+        let want = want_for(res[0] as usize);
+        assert_eq!(res.len(), want.len());
+        for (i, (g, w)) in res.iter().zip(&want).enumerate() {
+            assert!(g == w || (g.is_nan() && w.is_nan()), "{tier:?} #{i}: {g} vs {w}");
+        }
+    }
+}
