@@ -90,13 +90,14 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
 def _logsumexp_weighted(a, b, axes, keepdims, return_sign):
     """The `b` form, in numpy: log Σ b·e^a = a_max + log|m| + log1p(s/m), where m sums b
     over the maxima and s the rest, so a dominant term keeps full precision."""
-    b = np.asarray(b)
-    if b.dtype.kind == "c":
-        raise TypeError(f"b is complex ({b.dtype}); mlecore takes real input only")
+    # A Python scalar is weakly typed: it does not promote float32 `a` to float64.
+    b = b if isinstance(b, (int, float)) else np.asarray(b)
+    if np.result_type(b).kind == "c":
+        raise TypeError("b is complex; mlecore takes real input only")
     dtype = np.result_type(a, b)
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
-    a, b = np.broadcast_arrays(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
+    a, b = np.broadcast_arrays(a.astype(dtype, copy=False), np.asarray(b, dtype))
     shape = _reduced_shape(a.shape, axes, keepdims)
     if a.size == 0:
         out = np.full(shape, -np.inf, dtype)

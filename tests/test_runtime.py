@@ -1,0 +1,131 @@
+"""Threads, the GIL, fork, configuration, and that `import mlecore` leaves torch alone."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mlecore
+from mlecore import _mlecore as ext
+
+
+def run_py(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=os.environ | env, timeout=120, check=True).stdout
+
+
+def test_import_does_not_import_torch():
+    out = run_py("import sys, numpy as np, mlecore; mlecore.logsumexp(np.ones(3)); "
+                 "print('torch' in sys.modules)")
+    assert out.strip() == "False"
+
+
+def test_thread_count_default_env_and_setter():
+    assert run_py("import mlecore; print(mlecore.get_num_threads())",
+                  MLECORE_NUM_THREADS="3").strip() == "3"
+    before = mlecore.get_num_threads()
+    try:
+        mlecore.set_num_threads(1)
+        assert mlecore.get_num_threads() == 1
+    finally:
+        mlecore.set_num_threads(before)
+
+
+def test_results_do_not_depend_on_threads(rng):
+    x = rng.standard_normal((5000, 129)).astype(np.float32)
+    y = rng.integers(0, 129, 5000)
+    before = mlecore.get_num_threads()
+    try:
+        res = []
+        for n in (1, 2, 4):
+            mlecore.set_num_threads(n)
+            loss, grad = mlecore.cross_entropy_with_grad(x, y)
+            res.append((loss, grad, mlecore.logsumexp(x[:3].ravel())))
+    finally:
+        mlecore.set_num_threads(before)
+    for r in res[1:]:
+        assert r[0] == res[0][0] and r[2] == res[0][2]
+        np.testing.assert_array_equal(r[1], res[0][1])
+
+
+def test_gil_is_released_during_a_kernel(rng):
+    x = rng.standard_normal((2000, 50_000)).astype(np.float32)  # 400 MB: ~100 ms a pass
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.01)
+    start = time.perf_counter()
+    for _ in range(3):
+        mlecore.logsumexp(x, axis=1)
+    end = time.perf_counter()
+    done.set()
+    t.join()
+    during = [s for s in ticks if start < s < end]
+    # With the GIL held the other thread could not tick at all while the kernels ran.
+    assert len(during) >= 5, f"only {len(during)} ticks in {end - start:.3f}s"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_kernels_work_in_a_forked_child():
+    code = """
+import os, sys, numpy as np, mlecore
+x = np.random.default_rng(0).standard_normal((4000, 300))
+a = mlecore.logsumexp(x, axis=1)          # starts the thread pool in the parent
+pid = os.fork()
+if pid == 0:
+    b = mlecore.logsumexp(x, axis=1)      # must not hang on the parent's pool
+    os._exit(0 if np.array_equal(a, b) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    assert run_py(code).strip() == "0"
+
+
+def test_show_config_and_tiers(capsys):
+    mlecore.show_config()
+    out = capsys.readouterr().out
+    assert f"mlecore {mlecore.__version__}" in out
+    assert ext.simd_tier() in out and f"threads:  {mlecore.get_num_threads()}" in out
+    with pytest.raises(ValueError, match="unknown SIMD tier"):
+        ext.set_simd_tier("sse9")
+
+
+@pytest.mark.parametrize("tier", ["scalar", "avx2", "avx512"])
+def test_every_tier_agrees_with_the_reference(rng, tier):
+    import scipy.special as sp
+
+    x = rng.standard_normal((37, 2051)) * 3
+    y = rng.integers(0, 2051, 37)
+    old = ext.simd_tier()
+    try:
+        ext.set_simd_tier(tier)
+        lse = mlecore.logsumexp(x.astype(np.float32), axis=1)
+        loss, grad = mlecore.cross_entropy_with_grad(x, y, label_smoothing=0.1)
+    finally:
+        ext.set_simd_tier(old)
+    np.testing.assert_allclose(lse, sp.logsumexp(x.astype(np.float32).astype(np.float64),
+                                                 axis=1), rtol=3e-7)
+    from conftest import torch_ce_grad
+
+    wl, wg = torch_ce_grad(x, y, label_smoothing=0.1)
+    np.testing.assert_allclose(loss, wl, rtol=1e-13)
+    np.testing.assert_allclose(grad, wg, rtol=1e-11, atol=1e-15)
+
+
+def test_demo_runs_and_reproduces_the_seed_example():
+    out = subprocess.run([sys.executable, "-m", "mlecore", "demo"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(" ok") == 3 and "MISMATCH" not in out.stdout
+    assert "true model" in out.stdout and "fitted (MLE)" in out.stdout
