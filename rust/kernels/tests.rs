@@ -107,7 +107,10 @@ fn logsumexp_edge_values() {
             close(out[0], *want, 1e-15, &format!("{tier:?} {row:?}"));
             // The same in float32, where representable.
             let r32: Vec<f32> = row.iter().map(|&v| v as f32).collect();
-            let exact = r32.iter().zip(row).all(|(a, b)| *a as f64 == *b || b.is_nan());
+            let exact = r32
+                .iter()
+                .zip(row)
+                .all(|(a, b)| *a as f64 == *b || b.is_nan());
             if exact {
                 let mut o = [0f32];
                 logsumexp_rows(&r32, r32.len(), &mut o).unwrap();
@@ -301,7 +304,12 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
     for r in 0..rows {
         close(loss[r], want_loss[r], tol, &format!("{what} loss row {r}"));
     }
-    close(s.total, want_loss.iter().sum(), tol, &format!("{what} total"));
+    close(
+        s.total,
+        want_loss.iter().sum(),
+        tol,
+        &format!("{what} total"),
+    );
 
     // Fused, separate buffer and in place.
     let mut grad = vec![T::from_f64(0.0); rows * cols];
@@ -310,9 +318,16 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
         x: &x,
         grad: &mut grad,
     };
-    let s2 =
-        cross_entropy_with_grad(io, cols, target, &opts, Reduction::Mean, &mut loss2, &mut lse)
-            .unwrap();
+    let s2 = cross_entropy_with_grad(
+        io,
+        cols,
+        target,
+        &opts,
+        Reduction::Mean,
+        &mut loss2,
+        &mut lse,
+    )
+    .unwrap();
     assert_eq!(s2, s, "{what}: fused forward differs");
     for (i, (g, w)) in grad.iter().zip(&want_grad).enumerate() {
         close(g.to_f64(), *w, tol, &format!("{what} grad {i}"));
@@ -339,8 +354,16 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
     // Backward from the saved log-sum-exps, per-row scale.
     let scale = vec![1.0 / s.denom; rows];
     let mut back = vec![T::from_f64(0.0); rows * cols];
-    cross_entropy_backward(&x, cols, target, &opts, &lse, Scale::PerRow(&scale), &mut back)
-        .unwrap();
+    cross_entropy_backward(
+        &x,
+        cols,
+        target,
+        &opts,
+        &lse,
+        Scale::PerRow(&scale),
+        &mut back,
+    )
+    .unwrap();
     for (i, (g, w)) in back.iter().zip(&want_grad).enumerate() {
         close(g.to_f64(), *w, tol, &format!("{what} backward {i}"));
     }
@@ -383,7 +406,14 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
     let opts = CeOptions::default();
     let (mut loss, mut lse) = (vec![0.0; 4], vec![0f32; 4]);
     let labels: [u64; 4] = [0, 2, u64::MAX, 1];
-    let err = cross_entropy(&x, 3, Target::Index(&labels[..]), &opts, &mut loss, &mut lse);
+    let err = cross_entropy(
+        &x,
+        3,
+        Target::Index(&labels[..]),
+        &opts,
+        &mut loss,
+        &mut lse,
+    );
     assert_eq!(
         err.unwrap_err(),
         KernelError::TargetOutOfBounds {
@@ -394,10 +424,27 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         }
     );
     let labels: [i8; 4] = [0, -1, 0, 0];
-    let err = cross_entropy(&x, 3, Target::Index(&labels[..]), &opts, &mut loss, &mut lse);
-    assert!(matches!(err, Err(KernelError::TargetOutOfBounds { position: 1, .. })));
+    let err = cross_entropy(
+        &x,
+        3,
+        Target::Index(&labels[..]),
+        &opts,
+        &mut loss,
+        &mut lse,
+    );
+    assert!(matches!(
+        err,
+        Err(KernelError::TargetOutOfBounds { position: 1, .. })
+    ));
     let labels = [0i32; 3];
-    let err = cross_entropy(&x, 3, Target::Index(&labels[..]), &opts, &mut loss, &mut lse);
+    let err = cross_entropy(
+        &x,
+        3,
+        Target::Index(&labels[..]),
+        &opts,
+        &mut loss,
+        &mut lse,
+    );
     assert!(matches!(err, Err(KernelError::Shape(_))));
     let bad = CeOptions::<f32> {
         label_smoothing: -0.1,
@@ -414,7 +461,10 @@ fn ignored_rows_of_neg_inf_get_zero_gradient() {
     let x = vec![-inf, -inf, -inf, 1.0, 2.0, 3.0];
     let labels = [-100i64, 2];
     let (mut loss, mut lse, mut g) = (vec![0.0; 2], vec![0f32; 2], vec![0f32; 6]);
-    let io = GradIo::Separate { x: &x, grad: &mut g };
+    let io = GradIo::Separate {
+        x: &x,
+        grad: &mut g,
+    };
     let opts = CeOptions::default();
     let s = cross_entropy_with_grad(
         io,
@@ -462,7 +512,10 @@ fn results_do_not_depend_on_the_thread_count() {
             crate::parallel::set_num_threads(threads);
             let (mut loss, mut lse, mut g) =
                 (vec![0.0; rows], vec![0f32; rows], vec![0f32; rows * cols]);
-            let io = GradIo::Separate { x: &x, grad: &mut g };
+            let io = GradIo::Separate {
+                x: &x,
+                grad: &mut g,
+            };
             let s = cross_entropy_with_grad(
                 io,
                 cols,

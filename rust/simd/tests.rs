@@ -20,7 +20,9 @@ impl<F: Float> Kernel for ExpAll<'_, F> {
         // SAFETY: loads and stores stay inside the slices.
         unsafe {
             while i + l <= self.x.len() {
-                V::load(self.x.as_ptr().add(i)).exp().store(self.out.as_mut_ptr().add(i));
+                V::load(self.x.as_ptr().add(i))
+                    .exp()
+                    .store(self.out.as_mut_ptr().add(i));
                 i += l;
             }
             let k = self.x.len() - i;
@@ -60,7 +62,13 @@ fn exp_f32_within_2_ulp_on_a_dense_sweep() {
         .collect();
     for tier in TIERS {
         let mut out = vec![0f32; xs.len()];
-        f32::dispatch_on(tier, ExpAll { x: &xs, out: &mut out });
+        f32::dispatch_on(
+            tier,
+            ExpAll {
+                x: &xs,
+                out: &mut out,
+            },
+        );
         let worst = xs
             .iter()
             .zip(&out)
@@ -83,7 +91,13 @@ fn exp_f64_within_2_ulp() {
         .collect();
     for tier in TIERS {
         let mut out = vec![0f64; xs.len()];
-        f64::dispatch_on(tier, ExpAll { x: &xs, out: &mut out });
+        f64::dispatch_on(
+            tier,
+            ExpAll {
+                x: &xs,
+                out: &mut out,
+            },
+        );
         let worst = xs
             .iter()
             .zip(&out)
@@ -96,9 +110,25 @@ fn exp_f64_within_2_ulp() {
 #[test]
 fn exp_edge_values() {
     for tier in TIERS {
-        let x = [f32::NEG_INFINITY, f32::NAN, -100.0, -87.4, 0.0, -0.0, 1e-30, -1.0, -2.0];
+        let x = [
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -100.0,
+            -87.4,
+            0.0,
+            -0.0,
+            1e-30,
+            -1.0,
+            -2.0,
+        ];
         let mut out = [0f32; 9];
-        f32::dispatch_on(tier, ExpAll { x: &x, out: &mut out });
+        f32::dispatch_on(
+            tier,
+            ExpAll {
+                x: &x,
+                out: &mut out,
+            },
+        );
         assert_eq!(out[0], 0.0, "{tier:?}");
         assert!(out[1].is_nan(), "{tier:?}");
         assert_eq!(out[2], 0.0, "{tier:?}");
@@ -109,7 +139,13 @@ fn exp_edge_values() {
 
         let x = [f64::NEG_INFINITY, f64::NAN, -800.0, 0.0, -1.0];
         let mut out = [0f64; 5];
-        f64::dispatch_on(tier, ExpAll { x: &x, out: &mut out });
+        f64::dispatch_on(
+            tier,
+            ExpAll {
+                x: &x,
+                out: &mut out,
+            },
+        );
         assert_eq!(out[0], 0.0);
         assert!(out[1].is_nan());
         assert_eq!(out[2], 0.0);
@@ -154,7 +190,22 @@ impl<F: Float> Kernel for Ops<'_, F> {
 #[test]
 fn masked_and_horizontal_ops_agree_across_tiers() {
     let x: Vec<f32> = vec![
-        3.0, -1.0, 3.0, 0.0, f32::NAN, 2.5, 3.0, -7.0, 1.0, 0.0, 3.0, -2.0, 0.5, 0.25, 3.0, 1.5,
+        3.0,
+        -1.0,
+        3.0,
+        0.0,
+        f32::NAN,
+        2.5,
+        3.0,
+        -7.0,
+        1.0,
+        0.0,
+        3.0,
+        -2.0,
+        0.5,
+        0.25,
+        3.0,
+        1.5,
     ];
     // What a vector of `l` lanes holding x[..n] and −inf fill should give.
     let want_for = |l: usize| {
@@ -187,7 +238,10 @@ fn masked_and_horizontal_ops_agree_across_tiers() {
         let want = want_for(res[0] as usize);
         assert_eq!(res.len(), want.len());
         for (i, (g, w)) in res.iter().zip(&want).enumerate() {
-            assert!(g == w || (g.is_nan() && w.is_nan()), "{tier:?} #{i}: {g} vs {w}");
+            assert!(
+                g == w || (g.is_nan() && w.is_nan()),
+                "{tier:?} #{i}: {g} vs {w}"
+            );
         }
     }
 }
