@@ -5,6 +5,7 @@
 pub mod elem;
 pub mod error;
 pub mod kernels;
+pub mod memory;
 pub mod parallel;
 pub mod simd;
 

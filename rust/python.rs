@@ -140,6 +140,7 @@ fn softmax_impl<T: NpElem>(x: &Bound<PyAny>, out: &Bound<PyAny>, log: bool) -> P
     let cols = x.shape()[1];
     let xs = T::cast(contiguous(x.as_slice(), "input")?);
     let os = T::cast_mut(contiguous(out.as_slice_mut(), "out")?);
+    crate::memory::advise_huge_pages(os);
     x.py()
         .detach(|| softmax::softmax_rows(Some(xs), os, cols, log))
         .map_err(to_py)
@@ -278,6 +279,7 @@ fn ce_grad_impl<T: NpElem>(
                 .extract()
                 .map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
             let gs = T::cast_mut(contiguous(ga.as_slice_mut(), "out")?);
+            crate::memory::advise_huge_pages(gs);
             with_target!(T, o, |target, opts| run(py, || {
                 let io = ce::GradIo::Separate { x: xs, grad: gs };
                 ce::cross_entropy_with_grad(io, cols, target, &opts, reduction, ls, es).map(summary)
@@ -342,6 +344,7 @@ fn ce_back_impl<T: NpElem>(
     };
     let mut ga: PyReadwriteArray2<T::Np> = grad.extract()?;
     let gs = T::cast_mut(contiguous(ga.as_slice_mut(), "grad")?);
+    crate::memory::advise_huge_pages(gs);
     let scale = rs.map_or(ce::Scale::Uniform(scale), ce::Scale::PerRow);
     with_target!(T, o, |target, opts| run(py, || {
         ce::cross_entropy_backward(xs, cols, target, &opts, es, scale, gs)

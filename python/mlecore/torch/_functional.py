@@ -1,0 +1,385 @@
+"""The user-facing torch API: torch.nn.functional's signatures on mlecore's operators."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._losses import check_options, class_layout
+from . import _rust
+from ._ops import check_targets, ops
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _float_input(x, name="input") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} has dtype {x.dtype}; expected float16, bfloat16, float32 or "
+                        "float64")
+    return x
+
+
+def _dims(x: Tensor, dim) -> tuple[int, ...]:
+    nd = max(x.ndim, 1)
+    if dim is None:
+        return tuple(range(nd))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -nd <= d < nd:
+            raise IndexError(f"Dimension out of range (expected to be in range of "
+                             f"[{-nd}, {nd - 1}], but got {d})")
+        out.append(d % nd)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dim {dim} repeats a dimension")
+    return tuple(sorted(out))
+
+
+def _as_rows(x: Tensor, dims: tuple[int, ...]):
+    """x with `dims` moved last and flattened: (rows, K), and how to undo it."""
+    if x.ndim == 0:
+        x = x.reshape(1)
+    kept = tuple(i for i in range(x.ndim) if i not in dims)
+    perm = kept + dims
+    xt = x.permute(perm)
+    k = 1
+    for d in dims:
+        k *= x.shape[d]
+    rows = 1
+    for d in kept:
+        rows *= x.shape[d]
+    return xt.reshape(rows, k), xt.shape, perm, tuple(x.shape[i] for i in kept)
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return inv
+
+
+def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto") -> Tensor:
+    """log Σ exp over `dim`, as `torch.logsumexp`, on mlecore's operators.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        float16, bfloat16 (computed in float32), float32 or float64; any device.
+    dim : int or tuple of ints or None
+        The dimensions to reduce; None reduces all.
+    keepdim : bool, optional
+        Keep the reduced dimensions with size one.
+    backend : {"auto", "rust", "torch"}, optional
+        "auto": Rust kernels on CPU, torch's operations elsewhere; "rust": Rust only (an error
+        off the CPU); "torch": torch's operations everywhere.
+
+    Returns
+    -------
+    torch.Tensor
+        In the input's dtype. Its gradient is softmax(input), and 0 on a slice of all −inf
+        (torch gives NaN there).
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> mt.logsumexp(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), dim=1)
+    tensor([0.6931, 1.6931])
+    """
+    x = _float_input(input)
+    dims = _dims(x, dim)
+    rows, _, _, kept_shape = _as_rows(x, dims)
+    out = ops(backend, x.device).logsumexp(rows).reshape(kept_shape)
+    if keepdim:
+        for d in dims:
+            out = out.unsqueeze(d)
+        if x.ndim == 0:
+            out = out.reshape(())
+    return out
+
+
+def log_softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
+    """log softmax over `dim`, as `torch.nn.functional.log_softmax`, on mlecore's operators.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        float16, bfloat16, float32 or float64; any device.
+    dim : int or tuple of ints or None
+        The dimensions the softmax normalizes over (None: all).
+    backend : {"auto", "rust", "torch"}, optional
+        As in `logsumexp`.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype; a slice holding +inf or NaN is all NaN.
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> mt.log_softmax(torch.tensor([0.0, 0.0]), dim=0)
+    tensor([-0.6931, -0.6931])
+    """
+    x = _float_input(input)
+    dims = _dims(x, dim)
+    rows, tshape, perm, _ = _as_rows(x, dims)
+    out = ops(backend, x.device).log_softmax(rows)
+    return out.reshape(tshape).permute(_inverse(perm)).reshape(x.shape)
+
+
+def softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
+    """softmax over `dim`, as `torch.softmax`: exp of `log_softmax`.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        float16, bfloat16, float32 or float64; any device.
+    dim : int or tuple of ints or None
+        The dimensions the softmax normalizes over (None: all).
+    backend : {"auto", "rust", "torch"}, optional
+        As in `logsumexp`.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype.
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> mt.softmax(torch.tensor([0.0, 0.0]), dim=0)
+    tensor([0.5000, 0.5000])
+    """
+    return torch.exp(log_softmax(input, dim, backend=backend))
+
+
+def _target_kind(target: Tensor) -> bool:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold class indices (an integer dtype) or class "
+                        f"probabilities (a float dtype), got {target.dtype}")
+    return not target.is_floating_point()
+
+
+def _class_rows(x: Tensor) -> Tensor:
+    """(C,) → (1, C); (N, C) stays; (N, C, d1, …, dk) → (N·d1···dk, C)."""
+    if x.ndim == 1:
+        return x.unsqueeze(0)
+    if x.ndim == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _from_class_rows(m: Tensor, shape) -> Tensor:
+    if len(shape) <= 2:
+        return m.reshape(shape)
+    return m.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)).movedim(-1, 1)
+
+
+def _check_weight(weight, classes, x):
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor) or weight.shape != (classes,):
+        shape = getattr(weight, "shape", type(weight).__name__)
+        raise ValueError(f"weight must be a tensor of shape ({classes},), one per class, "
+                         f"got {shape}")
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device}, input on {x.device}")
+    return weight
+
+
+def _prepare(input, target, weight, ignore_index, reduction, label_smoothing):
+    reduction, eps, ignore = check_options(reduction, label_smoothing, ignore_index)
+    x = _float_input(input)
+    is_index = _target_kind(target)
+    classes, loss_shape = class_layout(x.shape, target.shape, is_index)
+    w = _check_weight(weight, classes, x)
+    t = target if is_index else _class_rows(target)
+    return x, t, w, ignore, eps, reduction, loss_shape
+
+
+def _reduce(loss_rows, denom, reduction, loss_shape, dtype):
+    if reduction == "none":
+        return loss_rows.to(dtype).reshape(loss_shape)
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total.to(dtype)
+    return (total / denom).to(dtype)
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0, *, backend: str = "auto") -> Tensor:
+    """Cross-entropy with exactly `torch.nn.functional.cross_entropy`'s semantics.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Logits (C,), (N, C) or (N, C, d1, ..., dk); float16, bfloat16, float32 or float64.
+    target : torch.Tensor
+        Class indices (any integer dtype) of shape (), (N,) or (N, d1, ..., dk), or class
+        probabilities of the input's shape.
+    weight : torch.Tensor, optional
+        One weight per class, shape (C,). (No gradient flows to it.)
+    ignore_index : int, optional
+        Class-index targets skipped by the loss, its gradient and the mean.
+    reduction : {"mean", "sum", "none"}, optional
+        As torch, weighted mean included.
+    label_smoothing : float, optional
+        ε in [0, 1].
+    backend : {"auto", "rust", "torch"}, optional
+        "auto": the Rust kernels on CPU (forward and backward are operators on the tensors'
+        own memory), torch's own operations on other devices.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss, in the input's dtype, carrying autograd (to input, and to probability
+        targets).
+
+    Raises
+    ------
+    IndexError
+        A class index out of range, with its position (before any kernel runs on CUDA).
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> logits = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    >>> loss = mt.cross_entropy(logits, torch.tensor([0]))
+    >>> loss.backward()
+    >>> torch.allclose(logits.grad, torch.softmax(logits, 1) - torch.tensor([1.0, 0, 0]))
+    True
+    """
+    x, t, w, ignore, eps, reduction, loss_shape = _prepare(
+        input, target, weight, ignore_index, reduction, label_smoothing)
+    loss_rows, _, denom = ops(backend, x.device).cross_entropy(_class_rows(x), t, w, ignore,
+                                                               eps)
+    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+             ignore_index: int = -100, reduction: str = "mean", *,
+             backend: str = "auto") -> Tensor:
+    """Negative log-likelihood of log-probabilities, as `torch.nn.functional.nll_loss`.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        Log-probabilities (C,), (N, C) or (N, C, d1, ..., dk).
+    target : torch.Tensor
+        Class indices of any integer dtype, shape (), (N,) or (N, d1, ..., dk).
+    weight, ignore_index, reduction
+        As in `cross_entropy`.
+    backend : {"auto", "rust", "torch"}, optional
+        A gather needs no kernel: torch's operations run on every device; "rust" off the
+        CPU is still an error.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss in the input's dtype, carrying autograd.
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> mt.nll_loss(torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([1]))
+    tensor(0.6931)
+    """
+    x, t, w, ignore, _, reduction, loss_shape = _prepare(
+        input, target, weight, ignore_index, reduction, 0.0)
+    if not _target_kind(target):
+        raise TypeError(f"nll_loss takes class indices (an integer dtype), got {target.dtype}")
+    ops(backend, x.device)  # the same device rule as the other functions
+    rows = _class_rows(x)
+    safe = check_targets(t, rows.shape[-1], ignore).reshape(-1)
+    valid = (t != ignore).reshape(-1)
+    picked = rows.gather(-1, safe.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    wy = torch.ones_like(picked) if w is None else w.to(torch.float64)[safe]
+    wy = torch.where(valid, wy, torch.zeros_like(wy))
+    loss_rows = torch.where(valid, -wy * picked, torch.zeros_like(picked))
+    return _reduce(loss_rows, wy.sum(), reduction, loss_shape, x.dtype)
+
+
+class _PrecomputedGrad(torch.autograd.Function):
+    """A loss whose gradient was already computed by the fused pass."""
+
+    @staticmethod
+    def forward(ctx, input, loss, grad):
+        ctx.save_for_backward(grad)
+        ctx.class_dim = 0 if input.ndim == 1 else 1
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        if g.ndim:  # reduction="none": row r's loss moves row r's gradient only
+            g = g.unsqueeze(ctx.class_dim)
+        return grad * g.to(grad.dtype), None, None
+
+
+def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, out: Tensor | None = None, *,
+                            backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The loss and its gradient with respect to the logits from one fused pass.
+
+    Parameters
+    ----------
+    input, target, weight, ignore_index, reduction, label_smoothing, backend
+        As in `cross_entropy`.
+    out : torch.Tensor, optional
+        Where the gradient goes: a tensor of the input's shape, dtype and device, or the
+        input itself (in place; not for an input that requires grad).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        As `cross_entropy`; when `input` requires grad and no `out` is given, it carries
+        autograd (its backward reuses the computed gradient).
+    grad : torch.Tensor
+        d loss / d input (of ``loss.sum()`` for reduction="none"); `out` when given.
+
+    Examples
+    --------
+    >>> import torch, mlecore.torch as mt
+    >>> loss, grad = mt.cross_entropy_with_grad(torch.zeros(1, 2), torch.tensor([0]))
+    >>> grad
+    tensor([[-0.5000,  0.5000]])
+    """
+    x, t, w, ignore, eps, reduction, loss_shape = _prepare(
+        input, target, weight, ignore_index, reduction, label_smoothing)
+    if out is not None:
+        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype \
+                or out.device != x.device:
+            raise ValueError(f"out must be a tensor of the input's shape {tuple(x.shape)}, "
+                             f"dtype {x.dtype} and device {x.device}")
+        if out.data_ptr() == x.data_ptr() and x.requires_grad:
+            raise ValueError("out=input overwrites a tensor that requires grad")
+    o = ops(backend, x.device)
+    rows = _class_rows(x.detach())
+    direct = out is not None and out.ndim <= 2 and out.is_contiguous()
+    with torch.no_grad():
+        if backend != "torch" and x.device.type == "cpu":
+            rows = rows.contiguous()
+            target_rows = out.view(rows.shape) if direct else None
+            loss_rows, _, denom, grad_rows = _rust.cross_entropy_with_grad(
+                rows, t, w, ignore, eps, reduction, target_rows)
+        else:
+            loss_rows, lse, denom = o.cross_entropy(rows, t, w, ignore, eps)
+            scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
+            grad_rows = o.cross_entropy_backward(scale.expand(loss_rows.shape), rows, t, w,
+                                                 lse, ignore, eps)
+        loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+        grad = _from_class_rows(grad_rows, x.shape)
+        if out is not None and not (direct and grad_rows.data_ptr() == out.data_ptr()):
+            out.copy_(grad)
+            grad = out
+        elif out is not None:
+            grad = out
+    if x.requires_grad and out is None and torch.is_grad_enabled():
+        loss = _PrecomputedGrad.apply(x, loss, grad)
+    return loss, grad

@@ -1,0 +1,118 @@
+"""The same row operations in torch's own operations: the kernels of every device but the CPU
+(CUDA above all), the `backend="torch"` path, and the differentiable formulas used for higher
+derivatives. They follow mlecore's semantics exactly, edge cases included, so both backends
+agree (see the README's table of deliberate differences from torch)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_targets(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+    """IndexError for a class index outside [0, classes) that is not ignore_index.
+
+    One reduction and one host sync: on CUDA this replaces a device-side assert.
+    """
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if target.numel() and bool(bad.any()):
+        position = int(bad.reshape(-1).nonzero()[0, 0])
+        value = int(target.reshape(-1)[position])
+        from .._losses import target_error
+
+        raise target_error(IndexError("", position, value), tuple(target.shape), classes,
+                           ignore_index)
+
+
+def _weights(weight, classes, like):
+    if weight is None:
+        return torch.ones(classes, dtype=like.dtype, device=like.device)
+    return weight.to(like.dtype)
+
+
+def logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    """log Σ exp over the last axis; an empty row gives −inf."""
+    if x.shape[-1] == 0:
+        return torch.full(x.shape[:-1], -torch.inf, dtype=x.dtype, device=x.device)
+    return torch.logsumexp(x.to(compute_dtype(x.dtype)), dim=-1).to(x.dtype)
+
+
+def softmax_scale(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """softmax from a saved log-sum-exp, 0 on rows whose log-sum-exp is −inf (all −inf)."""
+    p = torch.exp(x - lse.unsqueeze(-1))
+    return torch.where((lse == -torch.inf).unsqueeze(-1), torch.zeros_like(p), p)
+
+
+def log_softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """x − logsumexp(x); a row holding +inf or NaN is all NaN."""
+    xc = x.to(compute_dtype(x.dtype))
+    out = torch.log_softmax(xc, dim=-1)
+    bad = (torch.isnan(xc) | (xc == torch.inf)).any(dim=-1, keepdim=True)
+    return torch.where(bad, torch.full_like(out, torch.nan), out).to(x.dtype)
+
+
+def _row_weights(x, target, weight, ignore_index, eps):
+    """(v, A, valid): per-row class weights of the loss Σ v·(lse − x), their sums, and the
+    non-ignored rows; v is None for class indices without smoothing (only the one-hot part)."""
+    classes = x.shape[-1]
+    w = _weights(weight, classes, x)
+    if target.is_floating_point():
+        v = w * (target.to(x.dtype) * (1 - eps) + eps / classes)
+        return v, v.sum(-1), None
+    valid = target != ignore_index
+    y = torch.where(valid, target, 0).long()
+    wy = w[y]
+    a = (1 - eps) * wy + (eps / classes) * w.sum()
+    v = (eps / classes) * w.expand_as(x) if eps > 0 else None
+    return v, a, (valid, y, wy)
+
+
+def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float):
+    """(per-row losses in float64, per-row log-sum-exp, mean denominator as a 0-d float64)."""
+    xc = x.to(compute_dtype(x.dtype))
+    classes = xc.shape[-1]
+    lse = logsumexp_rows(xc)
+    v, _, hard = _row_weights(xc, target, weight, ignore_index, eps)
+    if hard is None:
+        # 0·(lse − x) is 0 even where x = −inf: a zero probability adds nothing.
+        terms = torch.where(v == 0, torch.zeros_like(v), v * (lse.unsqueeze(-1) - xc))
+        loss = terms.sum(-1)
+        denom = torch.tensor(float(xc.shape[0]), dtype=torch.float64, device=x.device)
+        return loss.to(torch.float64), lse, denom
+    valid, y, wy = hard
+    xy = xc.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    loss = (1 - eps) * wy * (lse - xy)
+    if eps > 0:
+        w = _weights(weight, classes, xc)
+        loss = loss + (eps / classes) * (w * (lse.unsqueeze(-1) - xc)).sum(-1)
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    denom = torch.where(valid, wy, torch.zeros_like(wy)).to(torch.float64).sum()
+    return loss.to(torch.float64), lse, denom
+
+
+def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
+    """d(Σ grad_rows·loss_rows)/dx: grad_rows·(A·softmax(x) − v), 0 on ignored rows."""
+    xc = x.to(compute_dtype(x.dtype))
+    s = grad_rows.to(xc.dtype).unsqueeze(-1)
+    v, a, hard = _row_weights(xc, target, weight, ignore_index, eps)
+    g = s * a.unsqueeze(-1) * softmax_scale(xc, lse.to(xc.dtype))
+    if v is not None:
+        g = g - s * v
+    if hard is not None:
+        valid, y, wy = hard
+        hot = (s.squeeze(-1) * (1 - eps) * wy).unsqueeze(-1)
+        g = g.scatter_add(-1, y.unsqueeze(-1), -hot)
+        g = torch.where(valid.unsqueeze(-1), g, torch.zeros_like(g))
+    return g.to(x.dtype)
+
+
+def cross_entropy_target_grad(grad_rows, x, target, weight, lse, eps: float):
+    """d(Σ grad_rows·loss_rows)/d target for probability targets."""
+    xc = x.to(compute_dtype(x.dtype))
+    w = _weights(weight, xc.shape[-1], xc)
+    nll = lse.to(xc.dtype).unsqueeze(-1) - xc
+    return (grad_rows.to(xc.dtype).unsqueeze(-1) * (1 - eps) * w * nll).to(target.dtype)

@@ -1,0 +1,104 @@
+"""CPU kernels of the operators: the Rust kernels on the tensors' own memory.
+
+Contiguous CPU tensors are handed over as numpy views (no copy; bfloat16 as its uint16 bits);
+outputs are allocated by torch and written by Rust in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import _mlecore as _ext
+from .._losses import target_error
+from ._reference import compute_dtype
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor's memory."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy()
+    return t.numpy()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().contiguous()
+
+
+def _weight(weight, x):
+    return None if weight is None else as_numpy(_rows(weight.to(compute_dtype(x.dtype))))
+
+
+def _target(target, x):
+    if target.is_floating_point():
+        return as_numpy(_rows(target.to(x.dtype)))
+    return as_numpy(target.detach().reshape(-1).contiguous())
+
+
+def _call(fn, target, classes, ignore_index, *args):
+    try:
+        return fn(*args)
+    except IndexError as e:
+        if len(e.args) == 3:
+            raise target_error(e, tuple(target.shape), classes, ignore_index) from None
+        raise
+
+
+def logsumexp(x: torch.Tensor) -> torch.Tensor:
+    x = _rows(x)
+    out = torch.empty(x.shape[:-1], dtype=x.dtype)
+    _ext.logsumexp_rows(as_numpy(x), as_numpy(out))
+    return out
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    x = _rows(x)
+    out = torch.empty_like(x)
+    _ext.softmax_rows(as_numpy(x), as_numpy(out), True)
+    return out
+
+
+def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """grad·softmax(x), 0 on rows of all −inf: the softmax written once by Rust, scaled in place."""
+    x = _rows(x)
+    g = torch.empty_like(x)
+    _ext.softmax_rows(as_numpy(x), as_numpy(g), False)
+    g.mul_(grad.to(x.dtype).unsqueeze(-1))
+    return g.masked_fill_((lse == -torch.inf).unsqueeze(-1), 0.0)
+
+
+def cross_entropy(x, target, weight, ignore_index: int, eps: float):
+    x = _rows(x)
+    rows = x.shape[0]
+    loss = torch.empty(rows, dtype=torch.float64)
+    lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
+    total, denom = _call(_ext.cross_entropy_rows, target, x.shape[-1], ignore_index,
+                         as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
+                         as_numpy(loss), as_numpy(lse))
+    return loss, lse, torch.tensor(denom, dtype=torch.float64)
+
+
+def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
+    x = _rows(x)
+    g = torch.empty_like(x)
+    scale = as_numpy(grad_rows.detach().to(torch.float64).contiguous())
+    _call(_ext.cross_entropy_backward_rows, target, x.shape[-1], ignore_index, as_numpy(x),
+          _target(target, x), _weight(weight, x), ignore_index, eps,
+          as_numpy(_rows(lse.to(compute_dtype(x.dtype)))), 1.0, scale, as_numpy(g))
+    return g
+
+
+def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, reduction: str,
+                            out: torch.Tensor | None):
+    """The fused pass: (loss rows, lse, denominator, gradient). `out` may be `x` itself."""
+    rows = x.shape[0]
+    loss = torch.empty(rows, dtype=torch.float64)
+    lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
+    inplace = out is not None and out.data_ptr() == x.data_ptr()
+    grad = out if out is not None else torch.empty_like(x)
+    total, denom = _call(_ext.cross_entropy_grad_rows, target, x.shape[-1], ignore_index,
+                         as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
+                         reduction, None if inplace else as_numpy(grad), as_numpy(loss),
+                         as_numpy(lse))
+    return loss, lse, torch.tensor(denom, dtype=torch.float64), grad
