@@ -14,6 +14,7 @@ mod python;
 
 pub use elem::{Elem, Label};
 pub use error::KernelError;
+pub use kernels::columns::logsumexp_axis;
 pub use kernels::cross_entropy::{
     cross_entropy, cross_entropy_backward, cross_entropy_with_grad, CeOptions, CeSummary, GradIo,
     Reduction, Scale, Target,

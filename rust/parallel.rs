@@ -88,6 +88,25 @@ pub fn for_blocks(units: usize, unit_elems: usize, f: impl Fn(Range<usize>) + Sy
     });
 }
 
+/// Runs `f(range)` over `0..units` cut into a few contiguous ranges per thread, for work whose
+/// units are large (whole columns of a matrix).
+pub fn for_ranges(units: usize, f: impl Fn(Range<usize>) + Sync) {
+    let threads = num_threads();
+    if units == 0 {
+        return;
+    }
+    if threads == 1 || units == 1 {
+        f(0..units);
+        return;
+    }
+    let parts = units.min(2 * threads);
+    pool().install(|| {
+        (0..parts)
+            .into_par_iter()
+            .for_each(|p| f(p * units / parts..(p + 1) * units / parts))
+    });
+}
+
 /// A slice that tasks write at disjoint indices.
 pub struct Shared<T> {
     ptr: *mut T,

@@ -134,6 +134,35 @@ fn logsumexp_rows(x: &Bound<PyAny>, out: &Bound<PyAny>) -> PyResult<()> {
     by_dtype!(x, lse_impl(x, out))
 }
 
+fn axis_impl<F: crate::simd::Float + Element>(
+    x: &Bound<PyAny>,
+    out: &Bound<PyAny>,
+) -> PyResult<()> {
+    let x: numpy::PyReadonlyArray3<F> = x.extract()?;
+    let mut out: PyReadwriteArray2<F> = out.extract()?;
+    let (outer, steps, inner) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let xs = contiguous(x.as_slice(), "input")?;
+    let os = contiguous(out.as_slice_mut(), "out")?;
+    x.py()
+        .detach(|| crate::kernels::columns::logsumexp_axis(xs, outer, steps, inner, os))
+        .map_err(to_py)
+}
+
+/// logsumexp over axis 1 of a C-contiguous 3-D float32/float64 array, into `out` (2-D).
+#[pyfunction]
+fn logsumexp_axis(x: &Bound<PyAny>, out: &Bound<PyAny>) -> PyResult<()> {
+    let dt = x.cast::<PyUntypedArray>()?.dtype();
+    if dt.is_equiv_to(&numpy::dtype::<f32>(x.py())) {
+        axis_impl::<f32>(x, out)
+    } else if dt.is_equiv_to(&numpy::dtype::<f64>(x.py())) {
+        axis_impl::<f64>(x, out)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "unsupported dtype {dt}: expected float32 or float64"
+        )))
+    }
+}
+
 fn softmax_impl<T: NpElem>(x: &Bound<PyAny>, out: &Bound<PyAny>, log: bool) -> PyResult<()> {
     let x: PyReadonlyArray2<T::Np> = x.extract()?;
     let mut out: PyReadwriteArray2<T::Np> = out.extract()?;
@@ -424,6 +453,7 @@ fn set_simd_tier(name: &str) -> PyResult<&'static str> {
 fn _mlecore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(logsumexp_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp_axis, m)?)?;
     m.add_function(wrap_pyfunction!(softmax_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_grad_rows, m)?)?;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _mlecore as _ext
@@ -75,16 +77,40 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
     axes = axes_of(axis, arr.ndim)
     if b is not None:
         return _logsumexp_weighted(arr, b, axes, keepdims, return_sign)
-    rows = as_rows(arr, axes)
-    out = np.empty(rows.matrix.shape[0], arr.dtype)
-    _ext.logsumexp_rows(rows.matrix, out)
-    res = rows.restore_reduced(out).reshape(_reduced_shape(arr.shape, axes, keepdims))
+    res = _logsumexp_block(arr, axes)
+    if res is None:
+        rows = as_rows(arr, axes)
+        out = np.empty(rows.matrix.shape[0], arr.dtype)
+        _ext.logsumexp_rows(rows.matrix, out)
+        res = rows.restore_reduced(out)
+    res = res.reshape(_reduced_shape(arr.shape, axes, keepdims))
     if not return_sign:
         return _scalar(res)
     sgn = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0)).astype(res.dtype)
     if arr.size == 0:
         sgn = np.sign(res)  # scipy's convention for an empty input: sign(-inf) = -1
     return _scalar(res), _scalar(sgn)
+
+
+def _logsumexp_block(arr, axes):
+    """The reduction of a leading or middle block of axes, read in place by the column kernel,
+    or None when another path serves better (trailing axes, copies, float16, empty input)."""
+    if arr.dtype not in (np.float32, np.float64) or arr.size == 0 or not axes:
+        return None
+    nd = arr.ndim
+    # A C-contiguous array, or the (C-contiguous) transpose of a Fortran one.
+    for view, ax in ((arr, axes), (arr.T, tuple(sorted(nd - 1 - a for a in axes)))):
+        if not view.flags.c_contiguous or ax != tuple(range(ax[0], ax[-1] + 1)):
+            continue
+        if ax[-1] == nd - 1:
+            return None  # trailing axes: contiguous rows
+        shape = view.shape
+        outer, inner = math.prod(shape[: ax[0]]), math.prod(shape[ax[-1] + 1:])
+        out = np.empty((outer, inner), arr.dtype)
+        _ext.logsumexp_axis(view.reshape(outer, -1, inner), out)
+        out = out.reshape(shape[: ax[0]] + shape[ax[-1] + 1:])
+        return out if view is arr else out.T
+    return None
 
 
 def _logsumexp_weighted(a, b, axes, keepdims, return_sign):

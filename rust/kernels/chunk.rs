@@ -174,37 +174,34 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -
     unsafe {
         while i + 2 * l <= n {
             let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
-            cnt += V::count_eq(x0, mv) + V::count_eq(x1, mv);
             let (v0, v1) = if S::ACTIVE {
                 (Some(v.load(i)), Some(v.load(i + l)))
             } else {
                 (None, None)
             };
-            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
-            a1 = stats_step(a1, &mut d0, &mut s0, x1, v1, mv, sv);
+            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a1 = stats_step(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
             i += 2 * l;
         }
         while i + l <= n {
             let x0 = V::load(x.add(i));
-            cnt += V::count_eq(x0, mv);
             let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
-            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
+            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
             i += l;
         }
         if i < n {
             let k = n - i;
             let x0 = V::load_tail(x.add(i), k, ninf);
-            cnt += V::count_eq(x0, mv);
-            if m == ninf {
-                // The −inf fill lanes equal the maximum here: they are not values.
-                cnt -= (l - k) as u32;
-            }
             let v0 = if S::ACTIVE {
                 Some(v.load_tail(i, k))
             } else {
                 None
             };
-            a0 = stats_step(a0, &mut d0, &mut s0, x0, v0, mv, sv);
+            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            if m == ninf {
+                // The −inf fill lanes equal the maximum here: they are not values.
+                cnt -= (l - k) as u32;
+            }
         }
     }
     Stats {
@@ -212,21 +209,33 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -
         cnt: cnt as f64,
         rest: a0.add(a1).reduce_sum(),
         shift: shift.to_f64(),
-        dot: d0.reduce_sum(),
-        vsum: s0.reduce_sum(),
+        dot: if S::ACTIVE { d0.reduce_sum() } else { 0.0 },
+        vsum: if S::ACTIVE { s0.reduce_sum() } else { 0.0 },
     }
 }
 
 /// One vector of the statistics pass. A function, not a closure, so that it is certain to be
 /// inlined into the `#[target_feature]` caller.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn stats_step<V: SimdVec>(acc: V, d: &mut V, s: &mut V, xv: V, vv: Option<V>, mv: V, sv: V) -> V {
+fn stats_step<V: SimdVec>(
+    acc: V,
+    cnt: &mut u32,
+    d: &mut V,
+    s: &mut V,
+    xv: V,
+    vv: Option<V>,
+    mv: V,
+    sv: V,
+) -> V {
     let e = xv.sub(mv).exp();
     if let Some(vv) = vv {
         *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
         *s = s.add(vv);
     }
-    acc.add_where_ne(e, xv, mv)
+    let (acc, eq) = acc.add_where_ne(e, xv, mv);
+    *cnt += eq;
+    acc
 }
 
 /// out = k1·e^((x − m) − l) − k2·v over `n` values: softmax (k1 = 1, k2 = 0) and every

@@ -10,7 +10,7 @@ use super::rows::{drive, fill, write_exp, RowOp, RowV, Scratch};
 use super::stats::Stats;
 use crate::elem::{Elem, Label};
 use crate::error::{check_len, KernelError};
-use crate::parallel::{SendPtr, Shared};
+use crate::parallel::{for_blocks, SendPtr, Shared};
 use crate::simd::{Float, SimdVec};
 use std::ops::Range;
 
@@ -91,6 +91,10 @@ pub enum GradIo<'a, T> {
     InPlace(&'a mut [T]),
 }
 
+/// Labels per task of the check, a fixed number so the denominator's summation order (and
+/// so its value) does not depend on the thread count.
+const LABEL_BLOCK: usize = 1 << 15;
+
 /// Checks every class index and returns Σ w_y over the non-ignored ones.
 fn check_labels<L: Label, F: Float>(
     labels: &[L],
@@ -98,15 +102,38 @@ fn check_labels<L: Label, F: Float>(
     ignore_index: i64,
     weight: Option<&[F]>,
 ) -> Result<f64, KernelError> {
+    let blocks = labels.len().div_ceil(LABEL_BLOCK);
+    let mut partial = vec![Ok(0.0); blocks];
+    let shared = Shared::new(&mut partial);
+    for_blocks(blocks, LABEL_BLOCK, |range| {
+        for b in range {
+            let start = b * LABEL_BLOCK;
+            let block = &labels[start..labels.len().min(start + LABEL_BLOCK)];
+            let r = check_block(block, start, classes, ignore_index, weight);
+            // SAFETY: each block is written by the one task that owns it.
+            unsafe { shared.set(b, r) };
+        }
+    });
+    // The first error by position, else the partial sums in block order.
+    partial.into_iter().sum()
+}
+
+fn check_block<L: Label, F: Float>(
+    labels: &[L],
+    offset: usize,
+    classes: usize,
+    ignore_index: i64,
+    weight: Option<&[F]>,
+) -> Result<f64, KernelError> {
     let mut denom = 0.0;
-    for (position, &y) in labels.iter().enumerate() {
+    for (i, &y) in labels.iter().enumerate() {
         let v = y.wide();
         if v == ignore_index as i128 {
             continue;
         }
         if v < 0 || v >= classes as i128 {
             return Err(KernelError::TargetOutOfBounds {
-                position,
+                position: offset + i,
                 value: v,
                 classes,
                 ignore_index,
@@ -182,6 +209,10 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                 }
             }
         }
+    }
+
+    fn plain(&self) -> bool {
+        matches!(self.target, Target::Index(_)) && self.eps == 0.0
     }
 
     fn done(&self, r: usize, s: &Stats) {

@@ -2,6 +2,7 @@
 //! and threads (`rows`), and the public operations (`softmax`, `cross_entropy`).
 
 pub(crate) mod chunk;
+pub mod columns;
 pub mod cross_entropy;
 pub(crate) mod rows;
 pub mod softmax;

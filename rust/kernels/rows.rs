@@ -3,6 +3,7 @@
 //! softmax, cross-entropy forward, fused gradient) is a [`RowOp`] run by [`drive`].
 
 use super::chunk::{self, NoV, Ones, TW, W};
+use super::columns::{col_stats, Contig};
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
@@ -15,6 +16,10 @@ use std::ops::Range;
 /// never depend on the thread count.
 pub const SPLIT_ROWS: usize = 32;
 pub const SEG_LEN: usize = 16 * CHUNK;
+/// Rows at most this long, with no weighted sum, are reduced a vector of rows at a time
+/// (lanes gathered across rows): a row-at-a-time loop would spend its time on per-row
+/// overhead, not arithmetic.
+pub const FEW_CLASSES: usize = 32;
 
 /// Segments per row for a `rows × cols` problem.
 pub fn segments(rows: usize, cols: usize) -> usize {
@@ -204,6 +209,8 @@ pub trait RowOp<T: Elem>: Sync {
     fn row(&self, r: usize) -> *const T;
     /// The weights of row `r`'s weighted sum.
     fn v(&self, r: usize) -> RowV<'_, T>;
+    /// True when [`RowOp::v`] is `RowV::None` for every row.
+    fn plain(&self) -> bool;
     /// Records per-row results from the row's complete statistics.
     fn done(&self, r: usize, s: &Stats);
     /// Writes row `r`'s outputs over `range` (the whole row, or one segment). Implementations
@@ -246,7 +253,12 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
     fn run<V: SimdVec<F = T::F>>(self) {
         let mut sc = Scratch::<T::F>::new();
         let (op, cols, nseg) = (self.op, self.cols, self.nseg);
-        for u in self.units {
+        let mut units = self.units.clone();
+        if matches!(self.phase, Phase::Rows) && few_classes::<T, O>(op, cols) {
+            // SAFETY: whole vectors of rows, each `cols` values (checked by the entry points).
+            units.start = unsafe { gathered_rows::<T, O, V>(op, cols, units.clone(), &mut sc) };
+        }
+        for u in units {
             let (r, seg) = (u / nseg, u % nseg);
             let range = seg_range(cols, nseg, seg);
             // SAFETY: rows hold `cols` values and targets/weights match (checked by the
@@ -272,6 +284,51 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
             }
         }
     }
+}
+
+fn few_classes<T: Elem, O: RowOp<T>>(op: &O, cols: usize) -> bool {
+    O::STATS && T::NATIVE && cols > 0 && cols <= FEW_CLASSES && op.plain()
+}
+
+/// Rows `units` taken a vector of rows at a time (lane l = row r + l), for rows of few
+/// classes; returns the first row left for the row-at-a-time loop.
+///
+/// # Safety
+/// Every row of `units` holds `cols` values; `T` is `T::F` (native).
+#[inline(always)]
+unsafe fn gathered_rows<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
+    op: &O,
+    cols: usize,
+    units: Range<usize>,
+    sc: &mut Scratch<T::F>,
+) -> usize {
+    let mut stats = [Stats::EMPTY; 16];
+    // The rows transposed, class-major: the two passes then read whole vectors from L1
+    // instead of gathering twice.
+    let mut buf = [T::F::ZERO; 16 * FEW_CLASSES];
+    let mut r = units.start;
+    while r + V::LANES <= units.end {
+        let lanes = V::LANES;
+        // SAFETY: rows r..r + LANES exist, each `cols` native values; `buf` holds
+        // 16 · FEW_CLASSES ≥ LANES · cols values.
+        unsafe {
+            let x = std::slice::from_raw_parts(op.row(r) as *const T::F, lanes * cols);
+            for (l, row) in x.chunks_exact(cols).enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    buf[k * lanes + l] = v;
+                }
+            }
+            col_stats::<V, _, 1>(buf.as_ptr(), cols, lanes, Contig, &mut stats, true);
+            for (l, s) in stats[..lanes].iter().enumerate() {
+                op.done(r + l, s);
+                if O::WRITES {
+                    op.write::<V>(r + l, 0..cols, s, sc);
+                }
+            }
+        }
+        r += V::LANES;
+    }
+    r
 }
 
 /// Runs `op` over `rows` rows of `cols` values on mlecore's threads.

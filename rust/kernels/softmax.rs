@@ -22,6 +22,9 @@ impl<T: Elem> RowOp<T> for Lse<'_, T> {
     fn v(&self, _r: usize) -> RowV<'_, T> {
         RowV::None
     }
+    fn plain(&self) -> bool {
+        true
+    }
     fn done(&self, r: usize, s: &Stats) {
         // SAFETY: each row is finished exactly once.
         unsafe { self.out.set(r, T::from_f64(s.lse())) }
@@ -71,6 +74,9 @@ impl<T: Elem> RowOp<T> for Softmax<'_, T> {
     }
     fn v(&self, _r: usize) -> RowV<'_, T> {
         RowV::None
+    }
+    fn plain(&self) -> bool {
+        true
     }
     fn done(&self, _r: usize, _s: &Stats) {}
     #[inline(always)]

@@ -393,11 +393,14 @@ fn cross_entropy_matches_reference_for_every_option() {
 fn half_precision_storage_is_computed_in_f32() {
     let mut rng = Rng(5);
     let case = Case::new(&mut rng, 9, 3000, true, 0.2);
-    for soft in [false, true] {
-        // Reference from the same rounded values; gradients are rounded to 16 bits.
-        check_ce::<f16>(&case, soft, 4e-3, "f16");
-        check_ce::<bf16>(&case, soft, 3e-2, "bf16");
-    }
+    // `check_ce` compares runs bit for bit: hold the tier still (`each_tier`).
+    each_tier(|tier| {
+        for soft in [false, true] {
+            // Reference from the same rounded values; gradients are rounded to 16 bits.
+            check_ce::<f16>(&case, soft, 4e-3, &format!("{tier:?} f16"));
+            check_ce::<bf16>(&case, soft, 3e-2, &format!("{tier:?} bf16"));
+        }
+    });
 }
 
 #[test]
@@ -531,4 +534,33 @@ fn results_do_not_depend_on_the_thread_count() {
         let one = run(1);
         assert!(one == run(2) && one == run(3), "rows={rows} cols={cols}");
     }
+}
+
+#[test]
+fn few_classes_take_the_gathered_path_correctly() {
+    let mut rng = Rng(13);
+    each_tier(|tier| {
+        for cols in 1..=crate::kernels::rows::FEW_CLASSES + 1 {
+            // 37 rows: whole vectors of rows plus a remainder, on every lane count.
+            let rows = 37;
+            let mut x: Vec<f64> = (0..rows * cols).map(|_| 3.0 * rng.normal()).collect();
+            x[cols] = f64::NEG_INFINITY; // row 1 holds −inf
+            let mut out = vec![0f64; rows];
+            logsumexp_rows(&x, cols, &mut out).unwrap();
+            for r in 0..rows {
+                let want = ref_lse(&x[r * cols..(r + 1) * cols]);
+                close(
+                    out[r],
+                    want,
+                    1e-14,
+                    &format!("{tier:?} cols={cols} row={r}"),
+                );
+            }
+            let weighted = cols % 2 == 0;
+            let case = Case::new(&mut rng, rows, cols, weighted, 0.0);
+            let what = format!("{tier:?} few C={cols}");
+            check_ce::<f64>(&case, false, 1e-12, &what);
+            check_ce::<f32>(&case, false, 2e-5, &format!("{what} f32"));
+        }
+    });
 }

@@ -118,7 +118,7 @@ unsafe impl SimdVec for F32x8 {
         unsafe {
             let x = self.0;
             let lo = _mm256_set1_ps(EXP_LO_F32);
-            let xc = _mm256_min_ps(_mm256_set1_ps(EXP_HI_F32), _mm256_max_ps(lo, x));
+            let xc = _mm256_max_ps(lo, x);
             let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm256_mul_ps(xc, _mm256_set1_ps(LOG2E_F32)),
             );
@@ -128,8 +128,8 @@ unsafe impl SimdVec for F32x8 {
             for c in &EXP_P_F32[1..] {
                 p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
             }
-            let r2 = _mm256_mul_ps(r, r);
-            let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+            let one = _mm256_set1_ps(1.0);
+            let y = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, one), r, one);
             // 2^n as a float: n + 127 into the exponent field (n ≥ −126 after the clamp).
             let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
                 _mm256_cvtps_epi32(n),
@@ -141,17 +141,13 @@ unsafe impl SimdVec for F32x8 {
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self {
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
         // SAFETY: AVX2 is present (trait contract).
         unsafe {
             let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x.0, m.0);
-            F32x8(_mm256_add_ps(self.0, _mm256_andnot_ps(eq, e.0)))
+            let sum = _mm256_add_ps(self.0, _mm256_andnot_ps(eq, e.0));
+            (F32x8(sum), (_mm256_movemask_ps(eq) as u32).count_ones())
         }
-    }
-    #[inline(always)]
-    fn count_eq(x: Self, m: Self) -> u32 {
-        // SAFETY: AVX2 is present (trait contract).
-        unsafe { (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(x.0, m.0)) as u32).count_ones() }
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -159,6 +155,29 @@ unsafe impl SimdVec for F32x8 {
         unsafe {
             let z = _mm256_cmp_ps::<_CMP_EQ_OQ>(v.0, _mm256_setzero_ps());
             F32x8(_mm256_andnot_ps(z, _mm256_mul_ps(v.0, d.0)))
+        }
+    }
+    #[inline(always)]
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self) {
+        // SAFETY: AVX2 is present (trait contract).
+        unsafe {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x.0, m.0);
+            (
+                F32x8(_mm256_add_ps(self.0, _mm256_andnot_ps(eq, e.0))),
+                F32x8(_mm256_add_ps(cnt.0, _mm256_and_ps(eq, _mm256_set1_ps(1.0)))),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> Self {
+        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
+        // in i32.
+        unsafe {
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(stride as i32),
+            );
+            F32x8(_mm256_i32gather_ps::<4>(p, idx))
         }
     }
     #[inline(always)]
@@ -247,7 +266,7 @@ unsafe impl SimdVec for F64x4 {
         unsafe {
             let x = self.0;
             let lo = _mm256_set1_pd(EXP_LO_F64);
-            let xc = _mm256_min_pd(_mm256_set1_pd(EXP_HI_F64), _mm256_max_pd(lo, x));
+            let xc = _mm256_max_pd(lo, x);
             // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
             let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
             let t = _mm256_fmadd_pd(xc, _mm256_set1_pd(LOG2E_F64), magic);
@@ -258,8 +277,8 @@ unsafe impl SimdVec for F64x4 {
             for c in &EXP_P_F64[1..] {
                 p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
             }
-            let r2 = _mm256_mul_pd(r, r);
-            let y = _mm256_add_pd(_mm256_fmadd_pd(p, r2, r), _mm256_set1_pd(1.0));
+            let one = _mm256_set1_pd(1.0);
+            let y = _mm256_fmadd_pd(_mm256_fmadd_pd(p, r, one), r, one);
             let e = _mm256_slli_epi64::<52>(_mm256_add_epi64(
                 _mm256_castpd_si256(t),
                 _mm256_set1_epi64x(1023),
@@ -270,17 +289,13 @@ unsafe impl SimdVec for F64x4 {
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self {
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
         // SAFETY: AVX2 is present (trait contract).
         unsafe {
             let eq = _mm256_cmp_pd::<_CMP_EQ_OQ>(x.0, m.0);
-            F64x4(_mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0)))
+            let sum = _mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0));
+            (F64x4(sum), (_mm256_movemask_pd(eq) as u32).count_ones())
         }
-    }
-    #[inline(always)]
-    fn count_eq(x: Self, m: Self) -> u32 {
-        // SAFETY: AVX2 is present (trait contract).
-        unsafe { (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(x.0, m.0)) as u32).count_ones() }
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -288,6 +303,26 @@ unsafe impl SimdVec for F64x4 {
         unsafe {
             let z = _mm256_cmp_pd::<_CMP_EQ_OQ>(v.0, _mm256_setzero_pd());
             F64x4(_mm256_andnot_pd(z, _mm256_mul_pd(v.0, d.0)))
+        }
+    }
+    #[inline(always)]
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self) {
+        // SAFETY: AVX2 is present (trait contract).
+        unsafe {
+            let eq = _mm256_cmp_pd::<_CMP_EQ_OQ>(x.0, m.0);
+            (
+                F64x4(_mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0))),
+                F64x4(_mm256_add_pd(cnt.0, _mm256_and_pd(eq, _mm256_set1_pd(1.0)))),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f64, stride: usize) -> Self {
+        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
+        // in i32.
+        unsafe {
+            let idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride as i32));
+            F64x4(_mm256_i32gather_pd::<8>(p, idx))
         }
     }
     #[inline(always)]

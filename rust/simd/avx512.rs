@@ -101,37 +101,41 @@ unsafe impl SimdVec for F32x16 {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe {
             let x = self.0;
-            let lo = _mm512_set1_ps(EXP_LO_F32);
-            // Second operand NaN wins, so NaN inputs stay NaN through the clamp.
-            let xc = _mm512_min_ps(_mm512_set1_ps(EXP_HI_F32), _mm512_max_ps(lo, x));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(xc, _mm512_set1_ps(LOG2E_F32)),
+            // Clamped where the result underflows to 0 anyway: −inf becomes finite, and
+            // scalef turns the clamped value into 0, so no comparison is needed. The second
+            // operand wins for NaN, so NaN stays NaN.
+            let xc = _mm512_max_ps(_mm512_set1_ps(EXP_FLOOR_F32), x);
+            // x = (n/16)·ln2 + r, |r| ≤ ln2/32; e^x = 2^floor(n/16) · 2^((n mod 16)/16) · e^r.
+            // Adding 1.5·2^23 rounds x·16/ln2 to the integer n and leaves n's low bits in the
+            // mantissa, where vpermps reads its index (the low 4 bits: n mod 16, also for
+            // negative n) without a conversion.
+            let magic = _mm512_set1_ps(12_582_912.0);
+            let nm = _mm512_fmadd_ps(xc, _mm512_set1_ps(LOG2E_X16_F32), magic);
+            let n = _mm512_sub_ps(nm, magic);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_16_HI_F32), xc);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_16_LO_F32), r);
+            let table = _mm512_castsi512_ps(_mm512_loadu_si512(EXP2_J16_F32.as_ptr().cast()));
+            let t = _mm512_permutexvar_ps(_mm512_castps_si512(nm), table);
+            let one = _mm512_set1_ps(1.0);
+            let p = _mm512_fmadd_ps(
+                _mm512_set1_ps(EXP_P3_F32[0]),
+                r,
+                _mm512_set1_ps(EXP_P3_F32[1]),
             );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI_F32), xc);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO_F32), r);
-            let mut p = _mm512_set1_ps(EXP_P_F32[0]);
-            for c in &EXP_P_F32[1..] {
-                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
-            }
-            let r2 = _mm512_mul_ps(r, r);
-            let y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
-            let y = _mm512_scalef_ps(y, n);
-            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
-            F32x16(_mm512_mask_blend_ps(under, y, _mm512_setzero_ps()))
+            let p = _mm512_fmadd_ps(_mm512_fmadd_ps(p, r, one), r, one);
+            // scalef multiplies by 2^floor(n/16): the table held the rest.
+            let k = _mm512_mul_ps(n, _mm512_set1_ps(1.0 / 16.0));
+            F32x16(_mm512_scalef_ps(_mm512_mul_ps(p, t), k))
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self {
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe {
-            let ne = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x.0, m.0);
-            F32x16(_mm512_mask_add_ps(self.0, ne, self.0, e.0))
+            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x.0, m.0);
+            let sum = _mm512_mask_add_ps(self.0, !eq, self.0, e.0);
+            (F32x16(sum), eq.count_ones())
         }
-    }
-    #[inline(always)]
-    fn count_eq(x: Self, m: Self) -> u32 {
-        // SAFETY: AVX-512F is present (trait contract).
-        unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x.0, m.0).count_ones() }
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -139,6 +143,29 @@ unsafe impl SimdVec for F32x16 {
         unsafe {
             let nz = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v.0, _mm512_setzero_ps());
             F32x16(_mm512_maskz_mul_ps(nz, v.0, d.0))
+        }
+    }
+    #[inline(always)]
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self) {
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x.0, m.0);
+            (
+                F32x16(_mm512_mask_add_ps(self.0, !eq, self.0, e.0)),
+                F32x16(_mm512_mask_add_ps(cnt.0, eq, cnt.0, _mm512_set1_ps(1.0))),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> Self {
+        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
+        // in i32.
+        unsafe {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(stride as i32),
+            );
+            F32x16(_mm512_i32gather_ps::<4>(idx, p))
         }
     }
     #[inline(always)]
@@ -215,8 +242,10 @@ unsafe impl SimdVec for F64x8 {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe {
             let x = self.0;
-            let lo = _mm512_set1_pd(EXP_LO_F64);
-            let xc = _mm512_min_pd(_mm512_set1_pd(EXP_HI_F64), _mm512_max_pd(lo, x));
+            // Clamped where the result underflows to 0 anyway: −inf becomes finite, and
+            // scalef turns the clamped value into 0, so no comparison is needed. The second
+            // operand wins for NaN, so NaN stays NaN.
+            let xc = _mm512_max_pd(_mm512_set1_pd(EXP_FLOOR_F64), x);
             let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm512_mul_pd(xc, _mm512_set1_pd(LOG2E_F64)),
             );
@@ -226,25 +255,19 @@ unsafe impl SimdVec for F64x8 {
             for c in &EXP_P_F64[1..] {
                 p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(*c));
             }
-            let r2 = _mm512_mul_pd(r, r);
-            let y = _mm512_add_pd(_mm512_fmadd_pd(p, r2, r), _mm512_set1_pd(1.0));
-            let y = _mm512_scalef_pd(y, n);
-            let under = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, lo);
-            F64x8(_mm512_mask_blend_pd(under, y, _mm512_setzero_pd()))
+            let one = _mm512_set1_pd(1.0);
+            let y = _mm512_fmadd_pd(_mm512_fmadd_pd(p, r, one), r, one);
+            F64x8(_mm512_scalef_pd(y, n))
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self {
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe {
-            let ne = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(x.0, m.0);
-            F64x8(_mm512_mask_add_pd(self.0, ne, self.0, e.0))
+            let eq = _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(x.0, m.0);
+            let sum = _mm512_mask_add_pd(self.0, !eq, self.0, e.0);
+            (F64x8(sum), eq.count_ones())
         }
-    }
-    #[inline(always)]
-    fn count_eq(x: Self, m: Self) -> u32 {
-        // SAFETY: AVX-512F is present (trait contract).
-        unsafe { _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(x.0, m.0).count_ones() }
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -252,6 +275,29 @@ unsafe impl SimdVec for F64x8 {
         unsafe {
             let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(v.0, _mm512_setzero_pd());
             F64x8(_mm512_maskz_mul_pd(nz, v.0, d.0))
+        }
+    }
+    #[inline(always)]
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self) {
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let eq = _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(x.0, m.0);
+            (
+                F64x8(_mm512_mask_add_pd(self.0, !eq, self.0, e.0)),
+                F64x8(_mm512_mask_add_pd(cnt.0, eq, cnt.0, _mm512_set1_pd(1.0))),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f64, stride: usize) -> Self {
+        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
+        // in i32.
+        unsafe {
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(stride as i32),
+            );
+            F64x8(_mm512_i32gather_pd::<8>(idx, p))
         }
     }
     #[inline(always)]

@@ -22,8 +22,11 @@ pub(crate) mod consts {
     pub const LN2_LO_F32: f32 = -2.121_944_4e-4;
     /// Below ln(FLT_MIN) the result would be subnormal: it is flushed to zero.
     pub const EXP_LO_F32: f32 = -87.336_54;
-    pub const EXP_HI_F32: f32 = 88.0;
-    /// Cephes `expf` minimax coefficients for e^r ≈ 1 + r + r²·P(r), |r| ≤ ln2/2.
+    /// Below this e^x rounds to 0 even as a subnormal: `scalef` tiers clamp here, so −inf
+    /// needs no separate test.
+    pub const EXP_FLOOR_F32: f32 = -104.0;
+    /// Cephes `expf` minimax coefficients for e^r ≈ 1 + r + r²·P(r), |r| ≤ ln2/2, evaluated
+    /// as (P·r + 1)·r + 1.
     pub const EXP_P_F32: [f32; 6] = [
         1.987_569_1e-4,
         1.398_199_9e-3,
@@ -33,11 +36,40 @@ pub(crate) mod consts {
         0.5,
     ];
 
+    /// The AVX-512 float32 `exp` reduces by ln2/16 and looks 2^(j/16) up in one register
+    /// (a permute), so a degree-3 polynomial suffices: fewer FMA-pipe operations per value.
+    pub const LOG2E_X16_F32: f32 = 16.0 * std::f32::consts::LOG2_E;
+    /// ln2/16 split in two: the high part has 12 significant bits, so n·hi is exact for the
+    /// |n| ≤ 2401 of the clamped range.
+    pub const LN2_16_HI_F32: f32 = f32::from_bits(0x3d31_7000);
+    pub const LN2_16_LO_F32: f32 = f32::from_bits(0x3605_fdf4);
+    /// 2^(j/16), j = 0..15, rounded to float32.
+    pub const EXP2_J16_F32: [u32; 16] = [
+        0x3f80_0000,
+        0x3f85_aac3,
+        0x3f8b_95c2,
+        0x3f91_c3d3,
+        0x3f98_37f0,
+        0x3f9e_f532,
+        0x3fa5_fed7,
+        0x3fad_583f,
+        0x3fb5_04f3,
+        0x3fbd_08a4,
+        0x3fc5_672a,
+        0x3fce_248c,
+        0x3fd7_44fd,
+        0x3fe0_ccdf,
+        0x3fea_c0c7,
+        0x3ff5_257d,
+    ];
+    /// e^r ≈ 1 + r + r²/2 + r³/6 on |r| ≤ ln2/32: truncation below 1e-8 relative.
+    pub const EXP_P3_F32: [f32; 2] = [1.0 / 6.0, 0.5];
+
     pub const LOG2E_F64: f64 = std::f64::consts::LOG2_E;
     pub const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
     pub const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     pub const EXP_LO_F64: f64 = -708.396_418_532_264;
-    pub const EXP_HI_F64: f64 = 709.0;
+    pub const EXP_FLOOR_F64: f64 = -746.0;
     /// Taylor coefficients 1/13! … 1/2!: truncation error below 1e-17 on |r| ≤ ln2/2.
     pub const EXP_P_F64: [f64; 12] = [
         1.0 / 6_227_020_800.0,
@@ -115,14 +147,21 @@ pub unsafe trait SimdVec: Copy {
     fn mul_add(self, b: Self, c: Self) -> Self;
     /// Lane-wise maximum that never lets a NaN of `x` into the accumulator `self`.
     fn max_acc(self, x: Self) -> Self;
-    /// e^x for x ≤ 0: NaN stays NaN, −inf and anything below the normal range give 0.
+    /// e^x for x ≤ 0: NaN stays NaN, −inf gives 0, and so does anything below the normal
+    /// range (a tier with cheap subnormals may return the subnormal value instead).
     fn exp(self) -> Self;
-    /// `self + e` in the lanes where `x != m`; NaN lanes of `x` count as unequal.
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self;
-    /// How many lanes of `x` equal `m`.
-    fn count_eq(x: Self, m: Self) -> u32;
+    /// `self + e` in the lanes where `x != m` (NaN lanes of `x` count as unequal), and how
+    /// many lanes of `x` equal `m`: one comparison serves both.
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32);
     /// `v * d`, but exactly 0 where `v == 0` (so 0 · ±inf = 0, as 0·log 0 = 0).
     fn mul_nonzero(v: Self, d: Self) -> Self;
+    /// Per lane: `self + e` where `x != m` (NaN counts as unequal), and `cnt + 1` where
+    /// `x == m`: the column form of [`SimdVec::add_where_ne`].
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self);
+    /// Lane i from `p[i * stride]`.
+    /// # Safety
+    /// `p + i·stride` must be readable for every lane i, and `stride · LANES < 2^31`.
+    unsafe fn gather(p: *const Self::F, stride: usize) -> Self;
     fn reduce_sum(self) -> f64;
     fn reduce_max(self) -> Self::F;
 }

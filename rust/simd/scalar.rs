@@ -61,16 +61,12 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
         Scalar(self.0.exp_scalar())
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> Self {
+    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
         if x.0 == m.0 {
-            self
+            (self, 1)
         } else {
-            Scalar(self.0 + e.0)
+            (Scalar(self.0 + e.0), 0)
         }
-    }
-    #[inline(always)]
-    fn count_eq(x: Self, m: Self) -> u32 {
-        (x.0 == m.0) as u32
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -79,6 +75,19 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
         } else {
             Scalar(v.0 * d.0)
         }
+    }
+    #[inline(always)]
+    fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self) {
+        if x.0 == m.0 {
+            (self, Scalar(cnt.0 + F::ONE))
+        } else {
+            (Scalar(self.0 + e.0), cnt)
+        }
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const F, _stride: usize) -> Self {
+        // SAFETY: the caller guarantees lane 0 (`p`) is readable.
+        Scalar(unsafe { *p })
     }
     #[inline(always)]
     fn reduce_sum(self) -> f64 {

@@ -74,6 +74,7 @@ fn exp_f32_within_2_ulp_on_a_dense_sweep() {
             .zip(&out)
             .map(|(&x, &y)| ulp_f32(y, (x as f64).exp()))
             .fold(0.0, f64::max);
+        eprintln!("exp f32 {tier:?}: max {worst:.3} ulp");
         assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
     }
 }
@@ -103,6 +104,7 @@ fn exp_f64_within_2_ulp() {
             .zip(&out)
             .map(|(&x, &y)| ulp_f64(y, x.exp()))
             .fold(0.0, f64::max);
+        eprintln!("exp f32 {tier:?}: max {worst:.3} ulp");
         assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
     }
 }
@@ -131,13 +133,15 @@ fn exp_edge_values() {
         );
         assert_eq!(out[0], 0.0, "{tier:?}");
         assert!(out[1].is_nan(), "{tier:?}");
-        assert_eq!(out[2], 0.0, "{tier:?}");
-        assert_eq!(out[3], 0.0, "{tier:?}");
+        // Below the normal range: 0, or the subnormal value where the tier has it.
+        assert!(out[2] == 0.0 || (out[2] as f64 / (-100f64).exp() - 1.0).abs() < 0.1);
+        assert!(out[3] == 0.0 || (out[3] as f64 / (-87.4f64).exp() - 1.0).abs() < 1e-3);
         assert_eq!(out[4], 1.0, "{tier:?}");
         assert_eq!(out[5], 1.0, "{tier:?}");
         assert!((out[7] - (-1f32).exp()).abs() < 2e-7, "{tier:?}");
 
         let x = [f64::NEG_INFINITY, f64::NAN, -800.0, 0.0, -1.0];
+        // −800 is below even the subnormal range: exactly 0 on every tier.
         let mut out = [0f64; 5];
         f64::dispatch_on(
             tier,
@@ -177,9 +181,9 @@ impl<F: Float> Kernel for Ops<'_, F> {
             };
             let mv = V::splat(self.m);
             let ones = V::splat(F::ONE);
-            self.res.push(V::count_eq(v, mv) as f64);
-            self.res
-                .push(V::splat(F::ZERO).add_where_ne(ones, v, mv).reduce_sum());
+            let (sum, eq) = V::splat(F::ZERO).add_where_ne(ones, v, mv);
+            self.res.push(eq as f64);
+            self.res.push(sum.reduce_sum());
             self.res
                 .push(V::splat(F::NEG_INF).max_acc(v).reduce_max().to_f64());
             self.res.push(V::mul_nonzero(v, ones).reduce_sum());
