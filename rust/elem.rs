@@ -114,8 +114,89 @@ macro_rules! half_float {
         }
     };
 }
-half_float!(f16);
 half_float!(bf16);
+
+impl Elem for f16 {
+    type F = f32;
+    const NATIVE: bool = false;
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        f16::from_f64(x)
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if f16c::available() {
+            // SAFETY: F16C and AVX are present (just checked).
+            return unsafe { f16c::widen(src, dst) };
+        }
+        src.convert_to_f32_slice(dst)
+    }
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if f16c::available() {
+            // SAFETY: F16C and AVX are present (just checked).
+            return unsafe { f16c::narrow(src, dst) };
+        }
+        dst.convert_from_f32_slice(src)
+    }
+}
+
+/// float16 ⇄ float32 eight at a time with the F16C instructions: the generic slice
+/// conversion ran at a third of the speed of the kernels it feeds.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use half::f16;
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx"))
+    }
+
+    /// # Safety
+    /// The CPU must support F16C and AVX; `dst` is at least as long as `src`.
+    #[target_feature(enable = "f16c,avx")]
+    pub unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: 8 halves (16 bytes) are read and 8 floats written, inside both slices.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+            i += 8;
+        }
+        for (d, s) in dst[i..n].iter_mut().zip(&src[i..]) {
+            *d = s.to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support F16C and AVX; `dst` is at least as long as `src`.
+    #[target_feature(enable = "f16c,avx")]
+    pub unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: 8 floats are read and 8 halves (16 bytes) written, inside both slices.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
+            }
+            i += 8;
+        }
+        for (d, s) in dst[i..n].iter_mut().zip(&src[i..]) {
+            *d = f16::from_f32(*s);
+        }
+    }
+}
 
 /// An integer class label of any width and sign.
 pub trait Label: Copy + Send + Sync + 'static {
