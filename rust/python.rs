@@ -85,35 +85,21 @@ macro_rules! by_dtype {
 /// Calls `$body` with `$y` bound to the class-index slice of `$target`, for every integer
 /// dtype, or returns `None` when `$target` is not an integer array.
 macro_rules! by_label {
-    ($target:expr, |$y:ident| $body:expr) => {{
+    ($target:expr, |$y:ident| $body:expr) => {
+        by_label!(@each $target, $y, $body; i64, i32, i16, i8, u64, u32, u16, u8)
+    };
+    (@each $target:expr, $y:ident, $body:expr; $($t:ty),*) => {{
         let t = $target;
-        if let Ok(a) = t.extract::<PyReadonlyArray1<i64>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<i32>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<i16>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<i8>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<u64>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<u32>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<u16>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else if let Ok(a) = t.extract::<PyReadonlyArray1<u8>>() {
-            let $y = contiguous(a.as_slice(), "target")?;
-            Some($body)
-        } else {
-            None
-        }
+        let mut out = None;
+        $(
+            if out.is_none() {
+                if let Ok(a) = t.extract::<PyReadonlyArray1<$t>>() {
+                    let $y = contiguous(a.as_slice(), "target")?;
+                    out = Some($body);
+                }
+            }
+        )*
+        out
     }};
 }
 

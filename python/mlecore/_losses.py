@@ -94,6 +94,14 @@ def target_kind(dtype: np.dtype, name: str = "target") -> bool:
                     f"probabilities (a float dtype), got dtype {dtype}")
 
 
+def class_weights(weight, n_classes: int, dtype) -> np.ndarray:
+    """`weight` as a contiguous (C,) array of `dtype`; ValueError for another shape."""
+    w = as_float_array(weight, "weight")
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), one per class, got {w.shape}")
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
 @dataclass
 class Problem:
     """A validated cross-entropy call in the kernels' row form."""
@@ -143,13 +151,7 @@ def prepare(input, target, weight, ignore_index, reduction, label_smoothing) -> 
             t = t.astype(t.dtype.newbyteorder("="))
     else:
         t = to_rows(t.astype(x.dtype, copy=False))
-    w = None
-    if weight is not None:
-        w = as_float_array(weight, "weight")
-        if w.shape != (n_classes,):
-            raise ValueError(f"weight must have shape ({n_classes},), one per class, got "
-                             f"{w.shape}")
-        w = np.ascontiguousarray(w, dtype=compute_dtype(x.dtype))
+    w = None if weight is None else class_weights(weight, n_classes, compute_dtype(x.dtype))
     return Problem(to_rows(x), t, w, ignore, eps, reduction, x.shape, np.shape(target),
                    loss_shape, n_classes)
 
@@ -352,13 +354,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     safe = np.where(valid, t, 0).astype(np.intp)
     axis = 0 if x.ndim == 1 else 1
     picked = np.take_along_axis(x, np.expand_dims(safe, axis), axis=axis).squeeze(axis)
-    w = np.ones(loss_shape) if weight is None else None
-    if weight is not None:
-        wa = as_float_array(weight, "weight")
-        if wa.shape != (n_classes,):
-            raise ValueError(f"weight must have shape ({n_classes},), one per class, got "
-                             f"{wa.shape}")
-        w = wa.astype(np.float64)[safe]
+    if weight is None:
+        w = np.ones(loss_shape)
+    else:
+        w = class_weights(weight, n_classes, np.float64)[safe]
     w = np.where(valid, w, 0.0)
     with np.errstate(invalid="ignore"):
         loss = np.where(valid, -w * picked.astype(np.float64), 0.0)
