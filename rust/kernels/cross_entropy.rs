@@ -215,22 +215,22 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         matches!(self.target, Target::Index(_)) && self.eps == 0.0
     }
 
-    fn done(&self, r: usize, s: &Stats) {
+    fn done(&self, r: usize, s: &Stats, l: f64) {
         if let Some(lse) = &self.lse {
             // SAFETY: each row is finished exactly once.
-            unsafe { lse.set(r, T::F::from_f64(s.lse())) };
+            unsafe { lse.set(r, T::F::from_f64(s.m + l)) };
         }
         let Some(loss) = &self.loss else { return };
         let value = match self.target {
-            Target::Probs(_) => s.weighted_nll(),
+            Target::Probs(_) => s.weighted_nll(l),
             Target::Index(_) => match self.class(r) {
                 None => 0.0,
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
                     let xy = unsafe { *self.row(r).add(y) }.to_f64();
-                    let nll = (1.0 - self.eps) * self.w(y) * ((s.m - xy) + s.l());
+                    let nll = (1.0 - self.eps) * self.w(y) * ((s.m - xy) + l);
                     if self.eps > 0.0 {
-                        nll + self.smoothing() * s.weighted_nll()
+                        nll + self.smoothing() * s.weighted_nll(l)
                     } else {
                         nll
                     }
@@ -247,6 +247,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         r: usize,
         range: Range<usize>,
         s: &Stats,
+        l: f64,
         sc: &mut Scratch<T::F>,
     ) {
         let Some((g, scale)) = &self.grad else { return };
@@ -254,7 +255,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         let scale = scale.at(r);
         let (m, l) = match self.saved_lse {
             Some(lse) => (lse[r].to_f64(), 0.0),
-            None => (s.m, s.l()),
+            None => (s.m, l),
         };
         let f = T::F::from_f64;
         match self.target {

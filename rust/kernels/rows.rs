@@ -211,8 +211,9 @@ pub trait RowOp<T: Elem>: Sync {
     fn v(&self, r: usize) -> RowV<'_, T>;
     /// True when [`RowOp::v`] is `RowV::None` for every row.
     fn plain(&self) -> bool;
-    /// Records per-row results from the row's complete statistics.
-    fn done(&self, r: usize, s: &Stats);
+    /// Records per-row results from the row's complete statistics; `l` is `s.l()`, computed
+    /// once per row by the driver (a logarithm per row is much of the cost of short rows).
+    fn done(&self, r: usize, s: &Stats, l: f64);
     /// Writes row `r`'s outputs over `range` (the whole row, or one segment). Implementations
     /// must be `#[inline(always)]`, so that the vector code lands in the caller's
     /// `#[target_feature]` instantiation instead of a call per intrinsic.
@@ -224,6 +225,7 @@ pub trait RowOp<T: Elem>: Sync {
         r: usize,
         range: Range<usize>,
         s: &Stats,
+        l: f64,
         sc: &mut Scratch<T::F>,
     );
 }
@@ -233,8 +235,8 @@ enum Phase<'a> {
     Rows,
     /// Segment statistics into a buffer of `rows × nseg`.
     SegStats(&'a Shared<Stats>),
-    /// The write pass per segment, from merged row statistics.
-    SegWrite(&'a [Stats]),
+    /// The write pass per segment, from merged row statistics and their `l`.
+    SegWrite(&'a [(Stats, f64)]),
 }
 
 struct Pass<'a, T: Elem, O: RowOp<T>> {
@@ -266,20 +268,25 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
             unsafe {
                 match self.phase {
                     Phase::Rows => {
-                        let s = if O::STATS {
-                            segment_stats::<T, V>(op.row(r), range.clone(), op.v(r), &mut sc)
+                        let (s, l) = if O::STATS {
+                            let s =
+                                segment_stats::<T, V>(op.row(r), range.clone(), op.v(r), &mut sc);
+                            (s, s.l())
                         } else {
-                            Stats::EMPTY
+                            (Stats::EMPTY, 0.0)
                         };
-                        op.done(r, &s);
+                        op.done(r, &s, l);
                         if O::WRITES {
-                            op.write::<V>(r, range, &s, &mut sc);
+                            op.write::<V>(r, range, &s, l, &mut sc);
                         }
                     }
                     Phase::SegStats(out) => {
                         out.set(u, segment_stats::<T, V>(op.row(r), range, op.v(r), &mut sc))
                     }
-                    Phase::SegWrite(merged) => op.write::<V>(r, range, &merged[r], &mut sc),
+                    Phase::SegWrite(merged) => {
+                        let (s, l) = &merged[r];
+                        op.write::<V>(r, range, s, *l, &mut sc)
+                    }
                 }
             }
         }
@@ -319,10 +326,11 @@ unsafe fn gathered_rows<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
                 }
             }
             col_stats::<V, _, 1>(buf.as_ptr(), cols, lanes, Contig, &mut stats, true);
-            for (l, s) in stats[..lanes].iter().enumerate() {
-                op.done(r + l, s);
+            for (i, s) in stats[..lanes].iter().enumerate() {
+                let l = s.l();
+                op.done(r + i, s, l);
                 if O::WRITES {
-                    op.write::<V>(r + l, 0..cols, s, sc);
+                    op.write::<V>(r + i, 0..cols, s, l, sc);
                 }
             }
         }
@@ -357,12 +365,15 @@ pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
         SEG_LEN,
     );
     // Merged in segment order, on one thread: the same result for every thread count.
-    let merged: Vec<Stats> = seg
+    let merged: Vec<(Stats, f64)> = seg
         .chunks(nseg)
-        .map(|c| c[1..].iter().fold(c[0], |a, b| a.merge(*b)))
+        .map(|c| {
+            let s = c[1..].iter().fold(c[0], |a, b| a.merge(*b));
+            (s, s.l())
+        })
         .collect();
-    for (r, s) in merged.iter().enumerate() {
-        op.done(r, s);
+    for (r, (s, l)) in merged.iter().enumerate() {
+        op.done(r, s, *l);
     }
     if O::WRITES {
         run(&Phase::SegWrite(&merged), rows * nseg, SEG_LEN);

@@ -25,9 +25,9 @@ impl<T: Elem> RowOp<T> for Lse<'_, T> {
     fn plain(&self) -> bool {
         true
     }
-    fn done(&self, r: usize, s: &Stats) {
+    fn done(&self, r: usize, s: &Stats, l: f64) {
         // SAFETY: each row is finished exactly once.
-        unsafe { self.out.set(r, T::from_f64(s.lse())) }
+        unsafe { self.out.set(r, T::from_f64(s.m + l)) }
     }
     #[inline(always)]
     unsafe fn write<V: SimdVec<F = T::F>>(
@@ -35,6 +35,7 @@ impl<T: Elem> RowOp<T> for Lse<'_, T> {
         _: usize,
         _: Range<usize>,
         _: &Stats,
+        _: f64,
         _: &mut Scratch<T::F>,
     ) {
     }
@@ -78,17 +79,18 @@ impl<T: Elem> RowOp<T> for Softmax<'_, T> {
     fn plain(&self) -> bool {
         true
     }
-    fn done(&self, _r: usize, _s: &Stats) {}
+    fn done(&self, _r: usize, _s: &Stats, _l: f64) {}
     #[inline(always)]
     unsafe fn write<V: SimdVec<F = T::F>>(
         &self,
         r: usize,
         range: Range<usize>,
         s: &Stats,
+        l: f64,
         sc: &mut Scratch<T::F>,
     ) {
         let (x, out) = (self.row(r), self.out.0.wrapping_add(r * self.cols));
-        let (m, l) = (T::F::from_f64(s.m), T::F::from_f64(s.l()));
+        let (m, l) = (T::F::from_f64(s.m), T::F::from_f64(l));
         // SAFETY: the row holds `cols` values; this task owns `range` of it.
         unsafe {
             if s.m == f64::INFINITY || s.rest.is_nan() {

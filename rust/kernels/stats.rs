@@ -53,13 +53,14 @@ impl Stats {
         self.m + self.l()
     }
 
-    /// Σ v·(lse − x): the v-weighted negative log-likelihood, computed without cancellation.
-    pub fn weighted_nll(&self) -> f64 {
+    /// Σ v·(lse − x): the v-weighted negative log-likelihood, computed without cancellation;
+    /// `l` is [`Stats::l`].
+    pub fn weighted_nll(&self, l: f64) -> f64 {
         if self.vsum == 0.0 {
             // No weight on the row: also when lse is infinite (0·inf would be NaN).
             return -self.dot;
         }
-        self.vsum * ((self.m - self.shift) + self.l()) - self.dot
+        self.vsum * ((self.m - self.shift) + l) - self.dot
     }
 
     /// The statistics of both stretches together.
