@@ -246,18 +246,24 @@ unsafe impl SimdVec for F64x8 {
             // scalef turns the clamped value into 0, so no comparison is needed. The second
             // operand wins for NaN, so NaN stays NaN.
             let xc = _mm512_max_pd(_mm512_set1_pd(EXP_FLOOR_F64), x);
-            let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_pd(xc, _mm512_set1_pd(LOG2E_F64)),
-            );
-            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_HI_F64), xc);
-            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_LO_F64), r);
-            let mut p = _mm512_set1_pd(EXP_P_F64[0]);
-            for c in &EXP_P_F64[1..] {
+            // As in float32: x = (n/16)·ln2 + r, the table holds 2^((n mod 16)/16), the
+            // magic number leaves n's low bits where vpermt2pd reads its 4-bit index.
+            let magic = _mm512_set1_pd(6_755_399_441_055_744.0);
+            let nm = _mm512_fmadd_pd(xc, _mm512_set1_pd(LOG2E_X16_F64), magic);
+            let n = _mm512_sub_pd(nm, magic);
+            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_16_HI_F64), xc);
+            let r = _mm512_fnmadd_pd(n, _mm512_set1_pd(LN2_16_LO_F64), r);
+            let lo = _mm512_castsi512_pd(_mm512_loadu_si512(EXP2_J16_F64.as_ptr().cast()));
+            let hi = _mm512_castsi512_pd(_mm512_loadu_si512(EXP2_J16_F64[8..].as_ptr().cast()));
+            let t = _mm512_permutex2var_pd(lo, _mm512_castpd_si512(nm), hi);
+            let mut p = _mm512_set1_pd(EXP_P7_F64[0]);
+            for c in &EXP_P7_F64[1..] {
                 p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(*c));
             }
-            let one = _mm512_set1_pd(1.0);
-            let y = _mm512_fmadd_pd(_mm512_fmadd_pd(p, r, one), r, one);
-            F64x8(_mm512_scalef_pd(y, n))
+            // e^r = 1 + r·p, and t·e^r = t + t·(r·p): one rounding less than t·(1 + r·p).
+            let y = _mm512_fmadd_pd(t, _mm512_mul_pd(r, p), t);
+            let k = _mm512_mul_pd(n, _mm512_set1_pd(1.0 / 16.0));
+            F64x8(_mm512_scalef_pd(y, k))
         }
     }
     #[inline(always)]

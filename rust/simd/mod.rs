@@ -65,6 +65,43 @@ pub(crate) mod consts {
     /// e^r ≈ 1 + r + r²/2 + r³/6 on |r| ≤ ln2/32: truncation below 1e-8 relative.
     pub const EXP_P3_F32: [f32; 2] = [1.0 / 6.0, 0.5];
 
+    /// The AVX-512 float64 `exp` uses the same ln2/16 reduction: a degree-7 polynomial then
+    /// suffices (truncation below 3e-18) instead of degree 13.
+    pub const LOG2E_X16_F64: f64 = 16.0 * std::f64::consts::LOG2_E;
+    /// ln2/16 split in two: the high part has 36 significant bits, so n·hi is exact for the
+    /// |n| ≤ 17220 of the clamped range.
+    pub const LN2_16_HI_F64: f64 = f64::from_bits(0x3fa6_2e42_fefa_0000);
+    pub const LN2_16_LO_F64: f64 = f64::from_bits(0x3d3c_f79a_bc9e_3b3a);
+    /// 2^(j/16), j = 0..15, rounded to float64.
+    pub const EXP2_J16_F64: [u64; 16] = [
+        0x3ff0_0000_0000_0000,
+        0x3ff0_b558_6cf9_890f,
+        0x3ff1_72b8_3c7d_517b,
+        0x3ff2_387a_6e75_6238,
+        0x3ff3_06fe_0a31_b715,
+        0x3ff3_dea6_4c12_3422,
+        0x3ff4_bfda_d536_2a27,
+        0x3ff5_ab07_dd48_5429,
+        0x3ff6_a09e_667f_3bcd,
+        0x3ff7_a114_73eb_0187,
+        0x3ff8_ace5_422a_a0db,
+        0x3ff9_c491_82a3_f090,
+        0x3ffa_e89f_995a_d3ad,
+        0x3ffc_199b_dd85_529c,
+        0x3ffd_5818_dcfb_a487,
+        0x3ffe_a4af_a2a4_90da,
+    ];
+    /// Taylor coefficients 1/7! … 1/2!, 1 of e^r on |r| ≤ ln2/32.
+    pub const EXP_P7_F64: [f64; 7] = [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+    ];
+
     pub const LOG2E_F64: f64 = std::f64::consts::LOG2_E;
     pub const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
     pub const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);

@@ -104,7 +104,7 @@ fn exp_f64_within_2_ulp() {
             .zip(&out)
             .map(|(&x, &y)| ulp_f64(y, x.exp()))
             .fold(0.0, f64::max);
-        eprintln!("exp f32 {tier:?}: max {worst:.3} ulp");
+        eprintln!("exp f64 {tier:?}: max {worst:.3} ulp");
         assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
     }
 }
