@@ -358,3 +358,38 @@ def test_cuda_matches_cpu():
     with pytest.raises(ValueError, match="CPU tensors only"):
         mt.cross_entropy(torch.zeros(2, 3, device="cuda"), torch.tensor([0, 1], device="cuda"),
                          backend="rust")
+
+
+def test_gradient_memory_is_reused_only_when_nothing_refers_to_it():
+    from mlecore.torch._buffers import BufferPool
+
+    pool = BufferPool(keep=2, min_bytes=1024)
+    a = pool.empty((64, 64), torch.float32)
+    ptr = a.data_ptr()
+    view = a[3]
+    del a
+    b = pool.empty((64, 64), torch.float32)  # `view` still uses the first array
+    assert b.data_ptr() != ptr
+    del view
+    c = pool.empty((64, 64), torch.float32)
+    assert c.data_ptr() == ptr  # free again: reused
+    assert pool.empty((4, 4), torch.float32).numel() == 16  # small: plain allocation
+    h = pool.empty((64, 64), torch.bfloat16)
+    assert h.dtype == torch.bfloat16 and h.shape == (64, 64)
+    del b, c, h
+    pool.clear()
+    mt.release_buffers()
+
+
+def test_autograd_gradients_held_by_the_caller_are_never_overwritten():
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(300, 4000, generator=gen, requires_grad=True)  # 4.8 MB: pooled
+    y = torch.randint(0, 4000, (300,), generator=gen)
+    mt.cross_entropy(x, y).backward()
+    first, keep = x.grad, x.grad.clone()
+    x.grad = None
+    mt.cross_entropy(x * 1.5, y).backward()
+    assert torch.equal(first, keep) and first.data_ptr() != x.grad.data_ptr()
+    ref = x.detach().clone().requires_grad_()
+    F.cross_entropy(ref * 1.5, y).backward()
+    torch.testing.assert_close(x.grad, ref.grad)

@@ -10,6 +10,7 @@ Swap ``torch.nn.functional.cross_entropy`` for ``mlecore.torch.cross_entropy`` (
 ``nn.CrossEntropyLoss`` for ``mlecore.torch.CrossEntropyLoss``) and change nothing else.
 """
 
+from ._buffers import release_buffers
 from ._functional import (
     cross_entropy,
     cross_entropy_with_grad,
@@ -27,5 +28,6 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "nll_loss",
+    "release_buffers",
     "softmax",
 ]

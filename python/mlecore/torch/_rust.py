@@ -11,6 +11,7 @@ import torch
 
 from .. import _mlecore as _ext
 from .._losses import target_error
+from ._buffers import POOL
 from ._reference import compute_dtype
 
 
@@ -54,7 +55,7 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
     x = _rows(x)
-    out = torch.empty_like(x)
+    out = POOL.empty(x.shape, x.dtype)
     _ext.softmax_rows(as_numpy(x), as_numpy(out), True)
     return out
 
@@ -62,7 +63,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
 def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """grad·softmax(x), 0 on rows of all −inf: the softmax written once by Rust, scaled in place."""
     x = _rows(x)
-    g = torch.empty_like(x)
+    g = POOL.empty(x.shape, x.dtype)
     _ext.softmax_rows(as_numpy(x), as_numpy(g), False)
     g.mul_(grad.to(x.dtype).unsqueeze(-1))
     return g.masked_fill_((lse == -torch.inf).unsqueeze(-1), 0.0)
@@ -81,7 +82,7 @@ def cross_entropy(x, target, weight, ignore_index: int, eps: float):
 
 def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
     x = _rows(x)
-    g = torch.empty_like(x)
+    g = POOL.empty(x.shape, x.dtype)
     scale = as_numpy(grad_rows.detach().to(torch.float64).contiguous())
     _call(_ext.cross_entropy_backward_rows, target, x.shape[-1], ignore_index, as_numpy(x),
           _target(target, x), _weight(weight, x), ignore_index, eps,
