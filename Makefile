@@ -36,7 +36,7 @@ test-rust:
 	cargo test --release
 
 test-python: build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests python/mlecore --doctest-modules
 
 test: setup-test lint test-rust test-python
 

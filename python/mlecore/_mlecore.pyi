@@ -8,6 +8,9 @@ __version__: str
 def logsumexp_rows(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating]) -> None:
     """log Σ exp over the last axis of a 2-D array, one value per row into `out`."""
 
+def logsumexp_axis(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating]) -> None:
+    """log Σ exp over axis 1 of a C-contiguous (outer, steps, inner) float32/float64 array."""
+
 def softmax_rows(x: npt.NDArray[np.floating], out: npt.NDArray[np.floating], log: bool) -> None:
     """softmax (or log-softmax) over the last axis of a 2-D array into `out`."""
 
