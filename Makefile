@@ -33,7 +33,7 @@ lint: setup-test
 	$(VENV)/bin/ruff check python tests
 
 test-rust:
-	cargo test --release
+	cargo test --release --lib
 
 test-python: build
 	$(PY) -m pytest -q tests python/mlecore --doctest-modules
