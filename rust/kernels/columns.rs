@@ -1,7 +1,8 @@
 //! Log-sum-exp across rows: each vector lane is its own reduction, and the loop runs down the
 //! reduced axis. Two uses: reducing a leading or middle axis of a C-contiguous array (lanes
-//! are adjacent columns), and rows of a few classes (lanes are rows, gathered), where a
-//! row-at-a-time loop would spend its time on per-row overhead instead of arithmetic.
+//! are adjacent columns), and rows of a few classes (lanes are rows, transposed into a
+//! buffer), where a row-at-a-time loop would spend its time on per-row overhead instead of
+//! arithmetic.
 
 use super::stats::Stats;
 use crate::error::{check_len, KernelError};
@@ -14,50 +15,16 @@ pub const COL_BLOCK: usize = 1024;
 /// Vectors side by side in the wide column kernel.
 pub const COL_WIDTH: usize = 8;
 
-/// How one step's lanes are loaded.
-pub trait Lanes<V: SimdVec>: Copy {
-    /// Vector `w` of the step starting at `p`.
-    ///
-    /// # Safety
-    /// The lanes must be readable.
-    unsafe fn load(&self, p: *const V::F, w: usize) -> V;
-}
-
-/// Lanes are adjacent values: vector `w` at `p + w·LANES`.
-#[derive(Clone, Copy)]
-pub struct Contig;
-
-/// Lanes are `stride` apart (rows of a few classes); one vector per step.
-#[derive(Clone, Copy)]
-pub struct Strided(pub usize);
-
-impl<V: SimdVec> Lanes<V> for Contig {
-    #[inline(always)]
-    unsafe fn load(&self, p: *const V::F, w: usize) -> V {
-        // SAFETY: the caller's contract.
-        unsafe { V::load(p.add(w * V::LANES)) }
-    }
-}
-
-impl<V: SimdVec> Lanes<V> for Strided {
-    #[inline(always)]
-    unsafe fn load(&self, p: *const V::F, _w: usize) -> V {
-        // SAFETY: the caller's contract.
-        unsafe { V::gather(p, self.0) }
-    }
-}
-
-/// Folds the statistics of `W·LANES` lanes over steps `0..steps` (each `step` apart) into
-/// `out`, one entry per lane in lane order; `first` starts `out` afresh.
+/// Folds the statistics of `W·LANES` adjacent lanes over steps `0..steps` (each `step`
+/// apart) into `out`, one entry per lane in lane order; `first` starts `out` afresh.
 ///
 /// # Safety
-/// Every lane of every step must be readable from `x`.
+/// `x + k·step + j` must be readable for k < steps, j < W·LANES.
 #[inline(always)]
-pub unsafe fn col_stats<V: SimdVec, L: Lanes<V>, const W: usize>(
+pub unsafe fn col_stats<V: SimdVec, const W: usize>(
     x: *const V::F,
     steps: usize,
     step: usize,
-    lanes: L,
     out: &mut [Stats],
     first: bool,
 ) {
@@ -67,14 +34,14 @@ pub unsafe fn col_stats<V: SimdVec, L: Lanes<V>, const W: usize>(
     for k in 0..steps {
         for (w, mw) in m.iter_mut().enumerate() {
             // SAFETY: in bounds by the caller's contract.
-            *mw = mw.max_acc(unsafe { lanes.load(x.add(k * step), w) });
+            *mw = mw.max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
         }
     }
     let (mut acc, mut cnt) = ([zero; W], [zero; W]);
     for k in 0..steps {
         for w in 0..W {
             // SAFETY: as above.
-            let xv = unsafe { lanes.load(x.add(k * step), w) };
+            let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
             let e = xv.sub(m[w]).exp();
             (acc[w], cnt[w]) = acc[w].add_split(cnt[w], e, xv, m[w]);
         }
@@ -122,15 +89,15 @@ unsafe fn columns_block<V: SimdVec>(
     // SAFETY: every access stays inside the block of `width` columns (caller's contract).
     unsafe {
         while c + wide <= width {
-            col_stats::<V, _, COL_WIDTH>(x.add(c), steps, step, Contig, &mut out[c..], first);
+            col_stats::<V, COL_WIDTH>(x.add(c), steps, step, &mut out[c..], first);
             c += wide;
         }
         while c + V::LANES <= width {
-            col_stats::<V, _, 1>(x.add(c), steps, step, Contig, &mut out[c..], first);
+            col_stats::<V, 1>(x.add(c), steps, step, &mut out[c..], first);
             c += V::LANES;
         }
         while c < width {
-            col_stats::<Scalar<V::F>, _, 1>(x.add(c), steps, step, Contig, &mut out[c..], first);
+            col_stats::<Scalar<V::F>, 1>(x.add(c), steps, step, &mut out[c..], first);
             c += 1;
         }
     }

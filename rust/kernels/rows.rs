@@ -3,7 +3,7 @@
 //! softmax, cross-entropy forward, fused gradient) is a [`RowOp`] run by [`drive`].
 
 use super::chunk::{self, NoV, Ones, TW, W};
-use super::columns::{col_stats, Contig};
+use super::columns::col_stats;
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
@@ -17,8 +17,8 @@ use std::ops::Range;
 pub const SPLIT_ROWS: usize = 32;
 pub const SEG_LEN: usize = 16 * CHUNK;
 /// Rows at most this long, with no weighted sum, are reduced a vector of rows at a time
-/// (lanes gathered across rows): a row-at-a-time loop would spend its time on per-row
-/// overhead, not arithmetic.
+/// (lanes are rows, transposed into a buffer): a row-at-a-time loop would spend its time on
+/// per-row overhead, not arithmetic.
 pub const FEW_CLASSES: usize = 32;
 
 /// Segments per row for a `rows × cols` problem.
@@ -258,7 +258,7 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
         let mut units = self.units.clone();
         if matches!(self.phase, Phase::Rows) && few_classes::<T, O>(op, cols) {
             // SAFETY: whole vectors of rows, each `cols` values (checked by the entry points).
-            units.start = unsafe { gathered_rows::<T, O, V>(op, cols, units.clone(), &mut sc) };
+            units.start = unsafe { rows_as_lanes::<T, O, V>(op, cols, units.clone(), &mut sc) };
         }
         for u in units {
             let (r, seg) = (u / nseg, u % nseg);
@@ -303,15 +303,14 @@ fn few_classes<T: Elem, O: RowOp<T>>(op: &O, cols: usize) -> bool {
 /// # Safety
 /// Every row of `units` holds `cols` values; `T` is `T::F` (native).
 #[inline(always)]
-unsafe fn gathered_rows<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
+unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
     op: &O,
     cols: usize,
     units: Range<usize>,
     sc: &mut Scratch<T::F>,
 ) -> usize {
     let mut stats = [Stats::EMPTY; 16];
-    // The rows transposed, class-major: the two passes then read whole vectors from L1
-    // instead of gathering twice.
+    // The rows transposed, class-major: the two passes then read whole vectors from L1.
     let mut buf = [T::F::ZERO; 16 * FEW_CLASSES];
     let mut r = units.start;
     while r + V::LANES <= units.end {
@@ -325,7 +324,7 @@ unsafe fn gathered_rows<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
                     buf[k * lanes + l] = v;
                 }
             }
-            col_stats::<V, _, 1>(buf.as_ptr(), cols, lanes, Contig, &mut stats, true);
+            col_stats::<V, 1>(buf.as_ptr(), cols, lanes, &mut stats, true);
             for (i, s) in stats[..lanes].iter().enumerate() {
                 let l = s.l();
                 op.done(r + i, s, l);

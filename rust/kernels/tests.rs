@@ -537,7 +537,7 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
-fn few_classes_take_the_gathered_path_correctly() {
+fn few_classes_take_the_rows_as_lanes_path_correctly() {
     let mut rng = Rng(13);
     each_tier(|tier| {
         for cols in 1..=crate::kernels::rows::FEW_CLASSES + 1 {

@@ -169,18 +169,6 @@ unsafe impl SimdVec for F32x8 {
         }
     }
     #[inline(always)]
-    unsafe fn gather(p: *const f32, stride: usize) -> Self {
-        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
-        // in i32.
-        unsafe {
-            let idx = _mm256_mullo_epi32(
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                _mm256_set1_epi32(stride as i32),
-            );
-            F32x8(_mm256_i32gather_ps::<4>(p, idx))
-        }
-    }
-    #[inline(always)]
     fn reduce_sum(self) -> f64 {
         let mut a = [0f32; 8];
         // SAFETY: `a` holds 8 floats.
@@ -314,15 +302,6 @@ unsafe impl SimdVec for F64x4 {
                 F64x4(_mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0))),
                 F64x4(_mm256_add_pd(cnt.0, _mm256_and_pd(eq, _mm256_set1_pd(1.0)))),
             )
-        }
-    }
-    #[inline(always)]
-    unsafe fn gather(p: *const f64, stride: usize) -> Self {
-        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
-        // in i32.
-        unsafe {
-            let idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride as i32));
-            F64x4(_mm256_i32gather_pd::<8>(p, idx))
         }
     }
     #[inline(always)]

@@ -157,18 +157,6 @@ unsafe impl SimdVec for F32x16 {
         }
     }
     #[inline(always)]
-    unsafe fn gather(p: *const f32, stride: usize) -> Self {
-        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
-        // in i32.
-        unsafe {
-            let idx = _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32(stride as i32),
-            );
-            F32x16(_mm512_i32gather_ps::<4>(idx, p))
-        }
-    }
-    #[inline(always)]
     fn reduce_sum(self) -> f64 {
         let mut a = [0f32; 16];
         // SAFETY: `a` holds 16 floats.
@@ -292,18 +280,6 @@ unsafe impl SimdVec for F64x8 {
                 F64x8(_mm512_mask_add_pd(self.0, !eq, self.0, e.0)),
                 F64x8(_mm512_mask_add_pd(cnt.0, eq, cnt.0, _mm512_set1_pd(1.0))),
             )
-        }
-    }
-    #[inline(always)]
-    unsafe fn gather(p: *const f64, stride: usize) -> Self {
-        // SAFETY: the caller guarantees every lane's element is readable and the offsets fit
-        // in i32.
-        unsafe {
-            let idx = _mm256_mullo_epi32(
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                _mm256_set1_epi32(stride as i32),
-            );
-            F64x8(_mm512_i32gather_pd::<8>(idx, p))
         }
     }
     #[inline(always)]

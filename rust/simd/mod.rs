@@ -195,10 +195,6 @@ pub unsafe trait SimdVec: Copy {
     /// Per lane: `self + e` where `x != m` (NaN counts as unequal), and `cnt + 1` where
     /// `x == m`: the column form of [`SimdVec::add_where_ne`].
     fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self);
-    /// Lane i from `p[i * stride]`.
-    /// # Safety
-    /// `p + i·stride` must be readable for every lane i, and `stride · LANES < 2^31`.
-    unsafe fn gather(p: *const Self::F, stride: usize) -> Self;
     fn reduce_sum(self) -> f64;
     fn reduce_max(self) -> Self::F;
 }

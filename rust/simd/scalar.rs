@@ -85,11 +85,6 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
         }
     }
     #[inline(always)]
-    unsafe fn gather(p: *const F, _stride: usize) -> Self {
-        // SAFETY: the caller guarantees lane 0 (`p`) is readable.
-        Scalar(unsafe { *p })
-    }
-    #[inline(always)]
     fn reduce_sum(self) -> f64 {
         self.0.to_f64()
     }
