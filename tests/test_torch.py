@@ -271,6 +271,11 @@ def test_bad_arguments():
         mt.cross_entropy(torch.zeros(4, 3, device="meta"), y.to("meta"), backend="rust")
     with pytest.raises(ValueError, match="backend must be one of"):
         mlecore.cross_entropy(x, y, backend="gpu")
+    for fn in (mt.cross_entropy, mt.nll_loss):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            fn(x, y, backend="gpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        mt.logsumexp(x, 1, backend="gpu")
 
 
 @pytest.mark.filterwarnings("ignore:size_average and reduce args")

@@ -29,10 +29,16 @@ class _Bound:
         return functools.partial(getattr(mt, name), backend=self._backend)
 
 
-def route(x, backend: str):
-    """mlecore.torch's functions when `x` is a tensor, None for the numpy path."""
+def check_backend(backend: str) -> str:
+    """`backend`, or ValueError when it is not one of BACKENDS."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def route(x, backend: str):
+    """mlecore.torch's functions when `x` is a tensor, None for the numpy path."""
+    check_backend(backend)
     if is_tensor(x):
         return _Bound(backend)
     if backend == "torch":

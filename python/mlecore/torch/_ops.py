@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._backend import check_backend
 from . import _reference as R
 from . import _rust
 
@@ -194,7 +195,7 @@ TORCH = _define("torch_", rust=False)
 
 def ops(backend: str, device: torch.device) -> OpSet:
     """The operators for `backend` ("auto", "rust", "torch") on `device`."""
-    if backend == "torch":
+    if check_backend(backend) == "torch":
         return TORCH
     if backend == "rust" and device.type != "cpu":
         raise ValueError(f"backend='rust' runs on CPU tensors only, got a tensor on "
