@@ -17,10 +17,6 @@ try:  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.numeric import normalize_axis_tuple
 
-#: dtypes the kernels compute in; float16 is computed with float32 accumulation.
-KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
-
-
 def as_float_array(a, name: str = "input") -> np.ndarray:
     """`a` as a native-endian float16/32/64 array; integers and bools become float64.
 

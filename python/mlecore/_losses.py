@@ -342,7 +342,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     reduction, _, ignore = check_options(reduction, 0.0, ignore_index)
     x = as_float_array(input)
     t = np.asarray(target)
-    if not target_kind(t.dtype) or t.dtype.kind not in "iu":
+    if not target_kind(t.dtype):
         raise TypeError(f"nll_loss takes class indices (an integer dtype), got {t.dtype}")
     n_classes, loss_shape = class_layout(x.shape, t.shape, True)
     valid = t != ignore
