@@ -191,10 +191,13 @@ def _check_weight(weight, classes, x):
     return weight
 
 
-def _prepare(input, target, weight, ignore_index, reduction, label_smoothing):
+def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
+             index_only=False):
     reduction, eps, ignore = check_options(reduction, label_smoothing, ignore_index)
     x = _float_input(input)
     is_index = _target_kind(target)
+    if index_only and not is_index:
+        raise TypeError(f"nll_loss takes class indices (an integer dtype), got {target.dtype}")
     classes, loss_shape = class_layout(x.shape, target.shape, is_index)
     w = _check_weight(weight, classes, x)
     t = target if is_index else _class_rows(target)
@@ -290,9 +293,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     tensor(0.6931)
     """
     x, t, w, ignore, _, reduction, loss_shape = _prepare(
-        input, target, weight, ignore_index, reduction, 0.0)
-    if not _target_kind(target):
-        raise TypeError(f"nll_loss takes class indices (an integer dtype), got {target.dtype}")
+        input, target, weight, ignore_index, reduction, 0.0, index_only=True)
     ops(backend, x.device)  # the same device rule as the other functions
     rows = _class_rows(x)
     safe = check_targets(t, rows.shape[-1], ignore).reshape(-1)
