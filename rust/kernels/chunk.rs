@@ -3,7 +3,7 @@
 //! `#[target_feature]` instantiation.
 
 use super::stats::Stats;
-use crate::simd::{Float, SimdVec};
+use crate::simd::{Ahead, Float, SimdVec};
 
 /// Where the weights v of the weighted sum in [`Stats`] come from, chosen per call so the
 /// vector loop has no branch inside.
@@ -128,12 +128,21 @@ impl<V: SimdVec> VSource<V> for TW<V::F> {
     }
 }
 
-/// The statistics of `x[..n]` with weights from `v`.
+/// The statistics of `x[..n]` with weights from `v`, taken relative to max(max x, `floor`).
+/// A caller that passes the maximum of the stretches before this one gets statistics that
+/// merge with theirs without rescaling (no `exp` per merge) in the common case where the
+/// maximum was already seen.
 ///
 /// # Safety
 /// `x` must be readable for `n` values and `v` in bounds for `n` lanes.
 #[inline(always)]
-pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -> Stats {
+pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
+    x: *const V::F,
+    n: usize,
+    v: S,
+    ahead: Ahead,
+    floor: V::F,
+) -> Stats {
     let l = V::LANES;
     let ninf = V::F::NEG_INF;
     // Pass 1: the maximum, four accumulators deep.
@@ -161,7 +170,11 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -
             m0 = m0.max_acc(V::load_tail(x.add(i), n - i, ninf));
         }
     }
-    let m = m0.max_acc(m1).max_acc(m2.max_acc(m3)).reduce_max();
+    let m = m0
+        .max_acc(m1)
+        .max_acc(m2.max_acc(m3))
+        .max_acc(V::splat(floor))
+        .reduce_max();
     let shift = V::F::from_f64(Stats::shift_for(m.to_f64()));
     let (mv, sv) = (V::splat(m), V::splat(shift));
 
@@ -173,6 +186,8 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
         while i + 2 * l <= n {
+            ahead.touch(i);
+            ahead.touch(i + l);
             let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
             let (v0, v1) = if S::ACTIVE {
                 (Some(v.load(i)), Some(v.load(i + l)))
@@ -184,6 +199,7 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(x: *const V::F, n: usize, v: S) -
             i += 2 * l;
         }
         while i + l <= n {
+            ahead.touch(i);
             let x0 = V::load(x.add(i));
             let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
             a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);

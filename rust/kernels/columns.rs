@@ -7,109 +7,226 @@
 use super::stats::Stats;
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_ranges, Shared};
-use crate::simd::{Float, Kernel, Scalar, SimdVec};
+use crate::simd::{Ahead, Float, Kernel, Scalar, SimdVec};
 use std::ops::Range;
 
-/// Steps per block: a block's two passes (maximum, then sum) re-read it from L1/L2.
-pub const COL_BLOCK: usize = 1024;
+/// Steps per block. A block's two passes (maximum, then sum) read it twice, the second time
+/// from L1; what is read next is requested from memory during the second.
+pub const COL_BLOCK: usize = 32;
 /// Vectors side by side in the wide column kernel.
 pub const COL_WIDTH: usize = 8;
 
-/// Folds the statistics of `W·LANES` adjacent lanes over steps `0..steps` (each `step`
-/// apart) into `out`, one entry per lane in lane order; `first` starts `out` afresh.
-///
-/// # Safety
-/// `x + k·step + j` must be readable for k < steps, j < W·LANES.
-#[inline(always)]
-pub unsafe fn col_stats<V: SimdVec, const W: usize>(
-    x: *const V::F,
-    steps: usize,
-    step: usize,
-    out: &mut [Stats],
-    first: bool,
-) {
-    let ninf = V::splat(V::F::NEG_INF);
-    let zero = V::splat(V::F::ZERO);
-    let mut m = [ninf; W];
-    for k in 0..steps {
-        for (w, mw) in m.iter_mut().enumerate() {
-            // SAFETY: in bounds by the caller's contract.
-            *mw = mw.max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
-        }
-    }
-    let (mut acc, mut cnt) = ([zero; W], [zero; W]);
-    for k in 0..steps {
-        for w in 0..W {
-            // SAFETY: as above.
-            let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
-            let e = xv.sub(m[w]).exp();
-            (acc[w], cnt[w]) = acc[w].add_split(cnt[w], e, xv, m[w]);
-        }
-    }
-    let mut buf = [[V::F::ZERO; 16]; 3];
-    for w in 0..W {
-        // SAFETY: each buffer holds 16 ≥ LANES values.
-        unsafe {
-            m[w].store(buf[0].as_mut_ptr());
-            acc[w].store(buf[1].as_mut_ptr());
-            cnt[w].store(buf[2].as_mut_ptr());
-        }
-        for l in 0..V::LANES {
-            let mx = buf[0][l].to_f64();
-            let s = Stats {
-                m: mx,
-                cnt: buf[2][l].to_f64(),
-                rest: buf[1][l].to_f64(),
-                shift: Stats::shift_for(mx),
-                dot: 0.0,
-                vsum: 0.0,
-            };
-            let o = &mut out[w * V::LANES + l];
-            *o = if first { s } else { o.merge(s) };
+/// Running statistics of `W·LANES` lanes, kept in vectors from block to block: the maximum,
+/// how many values equal it, and the sum of e^(x − m) over the others (see [`Stats`]).
+#[derive(Clone, Copy)]
+pub struct LaneStats<V, const W: usize> {
+    pub m: [V; W],
+    pub rest: [V; W],
+    pub cnt: [V; W],
+}
+
+impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
+    /// The statistics of no values.
+    #[inline(always)]
+    fn default() -> Self {
+        let zero = V::splat(V::F::ZERO);
+        LaneStats {
+            m: [V::splat(V::F::NEG_INF); W],
+            rest: [zero; W],
+            cnt: [zero; W],
         }
     }
 }
 
-/// Folds one block of `steps` steps of `width` adjacent columns starting at `x` into `out`:
-/// the widest vectors first, then single vectors, then scalar lanes.
-///
-/// # Safety
-/// `x + k·step + c` must be readable for k < steps, c < width.
-#[inline(always)]
-unsafe fn columns_block<V: SimdVec>(
-    x: *const V::F,
-    width: usize,
-    steps: usize,
-    step: usize,
-    out: &mut [Stats],
-    first: bool,
-) {
-    let wide = COL_WIDTH * V::LANES;
-    let mut c = 0;
-    // SAFETY: every access stays inside the block of `width` columns (caller's contract).
-    unsafe {
-        while c + wide <= width {
-            col_stats::<V, COL_WIDTH>(x.add(c), steps, step, &mut out[c..], first);
-            c += wide;
+impl<V: SimdVec, const W: usize> LaneStats<V, W> {
+    /// Folds steps `0..steps` of `W·LANES` adjacent lanes (each step `step` apart) into the
+    /// statistics. `ahead`, where the caller reads next in the same layout, is requested from
+    /// memory while this block is summed from cache.
+    ///
+    /// # Safety
+    /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
+    // The loops over `w` step through four parallel arrays at once.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize, ahead: Ahead) {
+        let zero = V::splat(V::F::ZERO);
+        let mut m = self.m;
+        for k in 0..steps {
+            for (w, mw) in m.iter_mut().enumerate() {
+                // SAFETY: in bounds by the caller's contract.
+                *mw = mw.max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
+            }
         }
-        while c + V::LANES <= width {
-            col_stats::<V, 1>(x.add(c), steps, step, &mut out[c..], first);
+        for w in 0..W {
+            // Where the maximum rose, the sum so far shrinks by e^(old − new) and the values
+            // equal to the old maximum join it. Elsewhere (also where both are −inf, whose
+            // difference is NaN) nothing changes.
+            let scale = self.m[w].sub(m[w]).exp();
+            let moved = self.rest[w].add(self.cnt[w]).mul(scale);
+            self.rest[w] = V::where_eq(self.m[w], m[w], self.rest[w], moved);
+            self.cnt[w] = V::where_eq(self.m[w], m[w], self.cnt[w], zero);
+        }
+        self.m = m;
+        for k in 0..steps {
+            for w in 0..W {
+                let off = k * step + w * V::LANES;
+                ahead.touch(off);
+                // SAFETY: as above.
+                let xv = unsafe { V::load(x.add(off)) };
+                let e = xv.sub(m[w]).exp();
+                (self.rest[w], self.cnt[w]) = self.rest[w].add_split(self.cnt[w], e, xv, m[w]);
+            }
+        }
+    }
+
+    /// lse − m of vector `w`'s lanes: [`Stats::l`] for a vector of lanes at once (a scalar
+    /// `ln_1p` per lane costs more than the rest of a short reduction).
+    #[inline(always)]
+    pub fn l(&self, w: usize) -> V {
+        self.cnt[w]
+            .sub(V::splat(V::F::ONE))
+            .add(self.rest[w])
+            .ln_1p()
+    }
+
+    /// The log-sum-exp of every lane, in lane order, into `out[..W·LANES]`.
+    #[inline(always)]
+    pub fn write_lse(&self, out: &mut [V::F]) {
+        let out = &mut out[..W * V::LANES];
+        for w in 0..W {
+            // SAFETY: `out` holds W·LANES values.
+            unsafe {
+                self.m[w]
+                    .add(self.l(w))
+                    .store(out.as_mut_ptr().add(w * V::LANES))
+            };
+        }
+    }
+
+    /// The statistics of every lane, in lane order, into `out[..W·LANES]`.
+    #[inline(always)]
+    pub fn write(&self, out: &mut [Stats]) {
+        let mut buf = [[V::F::ZERO; 16]; 3];
+        for w in 0..W {
+            // SAFETY: each buffer holds 16 ≥ LANES values.
+            unsafe {
+                self.m[w].store(buf[0].as_mut_ptr());
+                self.rest[w].store(buf[1].as_mut_ptr());
+                self.cnt[w].store(buf[2].as_mut_ptr());
+            }
+            for (l, o) in out[w * V::LANES..(w + 1) * V::LANES].iter_mut().enumerate() {
+                let m = buf[0][l].to_f64();
+                *o = Stats {
+                    m,
+                    cnt: buf[2][l].to_f64(),
+                    rest: buf[1][l].to_f64(),
+                    shift: Stats::shift_for(m),
+                    dot: 0.0,
+                    vsum: 0.0,
+                };
+            }
+        }
+    }
+}
+
+/// The running statistics of a band of adjacent columns, split into strips of the widest
+/// vectors, then single vectors, then scalar lanes.
+struct Strips<V: SimdVec> {
+    wide: Vec<LaneStats<V, COL_WIDTH>>,
+    one: Vec<LaneStats<V, 1>>,
+    scalar: Vec<LaneStats<Scalar<V::F>, 1>>,
+}
+
+/// How many strips of each kind `width` columns take.
+fn strip_counts(width: usize, lanes: usize) -> (usize, usize, usize) {
+    let wide = width / (COL_WIDTH * lanes);
+    let rest = width - wide * COL_WIDTH * lanes;
+    (wide, rest / lanes, rest % lanes)
+}
+
+impl<V: SimdVec> Strips<V> {
+    fn new(width: usize) -> Self {
+        let (w, o, s) = strip_counts(width, V::LANES);
+        Strips {
+            wide: vec![LaneStats::default(); w],
+            one: vec![LaneStats::default(); o],
+            scalar: vec![LaneStats::default(); s],
+        }
+    }
+
+    /// Folds steps `0..steps` of the band's columns, starting at `x`.
+    ///
+    /// # Safety
+    /// `x + k·step + c` must be readable for k < steps and every column c of the band.
+    #[inline(always)]
+    unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize, ahead: Ahead) {
+        let mut c = 0;
+        // SAFETY: every strip lies inside the band (caller's contract).
+        unsafe {
+            // Each strip requests the one after it; the band's last strip, `ahead`.
+            let strips = self.wide.len() + self.one.len() + self.scalar.len();
+            let mut i = 0;
+            let mut next = |c: usize| {
+                i += 1;
+                if i < strips {
+                    Ahead::at(x.wrapping_add(c))
+                } else {
+                    ahead
+                }
+            };
+            for s in &mut self.wide {
+                let a = next(c + COL_WIDTH * V::LANES);
+                s.fold(x.add(c), steps, step, a);
+                c += COL_WIDTH * V::LANES;
+            }
+            for s in &mut self.one {
+                let a = next(c + V::LANES);
+                s.fold(x.add(c), steps, step, a);
+                c += V::LANES;
+            }
+            for s in &mut self.scalar {
+                let a = next(c + 1);
+                s.fold(x.add(c), steps, step, a);
+                c += 1;
+            }
+        }
+    }
+
+    /// Every column's log-sum-exp, in column order.
+    #[inline(always)]
+    fn write_lse(&self, out: &mut [V::F]) {
+        let mut c = 0;
+        for s in &self.wide {
+            s.write_lse(&mut out[c..]);
+            c += COL_WIDTH * V::LANES;
+        }
+        for s in &self.one {
+            s.write_lse(&mut out[c..]);
             c += V::LANES;
         }
-        while c < width {
-            col_stats::<Scalar<V::F>, 1>(x.add(c), steps, step, &mut out[c..], first);
+        for s in &self.scalar {
+            s.write_lse(std::slice::from_mut(&mut out[c]));
             c += 1;
         }
     }
 }
 
-/// Columns per task unit: wide enough for whole cache lines of every step.
-const GROUP: usize = 128;
+/// Columns per task unit, at most: a block's rows are then read in runs of 4 KiB (float32).
+const MAX_GROUP: usize = 1024;
+
+/// Columns per task unit: whole cache lines of every step, as wide as `MAX_GROUP` when there
+/// are enough units for every thread. Columns never interact, so the width changes no result.
+fn group_width(outer: usize, inner: usize) -> usize {
+    let tasks = 2 * crate::parallel::num_threads();
+    let per_task = (outer * inner).div_ceil(tasks).div_ceil(outer);
+    per_task.next_multiple_of(128).min(MAX_GROUP)
+}
 
 struct Cols<'a, F> {
     x: &'a [F],
     steps: usize,
     inner: usize,
+    group: usize,
     out: &'a Shared<F>,
     units: Range<usize>,
 }
@@ -119,42 +236,45 @@ impl<F: Float> Kernel for Cols<'_, F> {
     type Out = ();
     #[inline(always)]
     fn run<V: SimdVec<F = F>>(self) {
-        let groups = self.inner.div_ceil(GROUP);
-        let n = self.units.len();
-        let mut stats = vec![Stats::EMPTY; n * GROUP];
+        let group = self.group;
+        let groups = self.inner.div_ceil(group);
+        // Unit u: slab o, columns c0..c0 + width.
+        let unit = |u: usize| {
+            let (o, c0) = (u / groups, (u % groups) * group);
+            (o, c0, group.min(self.inner - c0))
+        };
+        let base = |u: usize, k0: usize| {
+            let (o, c0, _) = unit(u);
+            (o * self.steps + k0) * self.inner + c0
+        };
+        let mut strips: Vec<Strips<V>> =
+            self.units.clone().map(|u| Strips::new(unit(u).2)).collect();
         // Blocks of steps outermost: the task reads a band of whole rows at a time, so DRAM
         // pages and TLB entries serve every column group before the band is left.
         let mut k0 = 0;
         while k0 < self.steps {
             let kn = COL_BLOCK.min(self.steps - k0);
-            for (i, u) in self.units.clone().enumerate() {
-                let (o, g) = (u / groups, u % groups);
-                let c0 = g * GROUP;
-                let width = GROUP.min(self.inner - c0);
-                let base = (o * self.steps + k0) * self.inner + c0;
-                let out = &mut stats[i * GROUP..(i + 1) * GROUP];
+            for (u, s) in self.units.clone().zip(&mut strips) {
+                // The next unit of this block, or the first of the next block.
+                let next = if u + 1 < self.units.end {
+                    base(u + 1, k0)
+                } else {
+                    base(self.units.start, k0 + kn)
+                };
+                let ahead = Ahead::at(self.x.as_ptr().wrapping_add(next));
                 // SAFETY: columns c0..c0 + width < inner of slab o, steps k0..k0 + kn: inside
                 // `x`, whose length was checked.
-                unsafe {
-                    columns_block::<V>(
-                        self.x.as_ptr().add(base),
-                        width,
-                        kn,
-                        self.inner,
-                        out,
-                        k0 == 0,
-                    )
-                };
+                unsafe { s.fold(self.x.as_ptr().add(base(u, k0)), kn, self.inner, ahead) };
             }
             k0 += kn;
         }
-        for (i, u) in self.units.enumerate() {
-            let (o, g) = (u / groups, u % groups);
-            let c0 = g * GROUP;
-            let width = GROUP.min(self.inner - c0);
-            for (c, s) in stats[i * GROUP..i * GROUP + width].iter().enumerate() {
+        let mut lse = vec![F::ZERO; group];
+        for (u, s) in self.units.zip(&strips) {
+            let (o, c0, width) = unit(u);
+            s.write_lse(&mut lse);
+            for (c, v) in lse[..width].iter().enumerate() {
                 // SAFETY: each (slab, column) belongs to one unit.
-                unsafe { self.out.set(o * self.inner + c0 + c, F::from_f64(s.lse())) };
+                unsafe { self.out.set(o * self.inner + c0 + c, *v) };
             }
         }
     }
@@ -171,20 +291,25 @@ pub fn logsumexp_axis<F: Float>(
 ) -> Result<(), KernelError> {
     check_len("input", x.len(), outer * steps * inner)?;
     check_len("output", out.len(), outer * inner)?;
-    if steps == 0 {
-        out.fill(F::NEG_INF);
-        return Ok(());
+    match steps {
+        0 => out.fill(F::NEG_INF),
+        // The log-sum-exp of one value is that value (NaN and ±inf included).
+        1 => out.copy_from_slice(x),
+        _ => {
+            let group = group_width(outer, inner);
+            let units = outer * inner.div_ceil(group);
+            let shared = Shared::new(out);
+            for_ranges(units, |units| {
+                F::dispatch(Cols {
+                    x,
+                    steps,
+                    inner,
+                    group,
+                    out: &shared,
+                    units,
+                })
+            });
+        }
     }
-    let units = outer * inner.div_ceil(GROUP);
-    let shared = Shared::new(out);
-    for_ranges(units, |units| {
-        F::dispatch(Cols {
-            x,
-            steps,
-            inner,
-            out: &shared,
-            units,
-        })
-    });
     Ok(())
 }

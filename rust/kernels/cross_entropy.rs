@@ -7,7 +7,7 @@
 //! v = (1 − ε)·w_y·onehot(y) + (ε/C)·w; for probabilities t, v = w·((1 − ε)·t + ε/C).
 
 use super::rows::{drive, fill, write_exp, RowOp, RowV, Scratch};
-use super::stats::Stats;
+use super::stats::{self, Stats};
 use crate::elem::{Elem, Label};
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, SendPtr, Shared};
@@ -125,7 +125,8 @@ fn check_block<L: Label, F: Float>(
     ignore_index: i64,
     weight: Option<&[F]>,
 ) -> Result<f64, KernelError> {
-    let mut denom = 0.0;
+    // Without weights the denominator is a count: no chain of float additions.
+    let (mut count, mut wsum) = (0usize, [0.0; 4]);
     for (i, &y) in labels.iter().enumerate() {
         let v = y.wide();
         if v == ignore_index as i128 {
@@ -139,9 +140,15 @@ fn check_block<L: Label, F: Float>(
                 ignore_index,
             });
         }
-        denom += weight.map_or(1.0, |w| w[v as usize].to_f64());
+        count += 1;
+        if let Some(w) = weight {
+            wsum[i % 4] += w[v as usize].to_f64();
+        }
     }
-    Ok(denom)
+    Ok(match weight {
+        None => count as f64,
+        Some(_) => (wsum[0] + wsum[2]) + (wsum[1] + wsum[3]),
+    })
 }
 
 struct Ce<'a, T: Elem, L, const STATS: bool> {
@@ -367,7 +374,7 @@ fn op<'a, T: Elem, L: Label, const STATS: bool>(
 
 fn summary(loss: &[f64], denom: f64) -> CeSummary {
     CeSummary {
-        total: loss.iter().sum(),
+        total: stats::sum(loss),
         denom,
     }
 }

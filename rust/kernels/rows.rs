@@ -3,11 +3,11 @@
 //! softmax, cross-entropy forward, fused gradient) is a [`RowOp`] run by [`drive`].
 
 use super::chunk::{self, NoV, Ones, TW, W};
-use super::columns::col_stats;
+use super::columns::LaneStats;
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
-use crate::simd::{Float, Kernel, SimdVec};
+use crate::simd::{Ahead, Float, Kernel, SimdVec};
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -90,22 +90,26 @@ pub unsafe fn segment_stats<T: Elem, V: SimdVec<F = T::F>>(
     let mut c0 = range.start;
     while c0 < range.end {
         let n = CHUNK.min(range.end - c0);
+        // Whatever follows this chunk in memory (the row's next chunk, or the next row) is
+        // what this task most likely reads next.
+        let ahead = Ahead::at(x.wrapping_add(c0 + n));
+        let floor = T::F::from_f64(s.m);
         // SAFETY: `c0..c0 + n` lies inside `range`, readable by the caller's contract; the
         // same holds for targets and weights.
         let cs = unsafe {
             let xp = T::read(x.add(c0), n, &mut sc.x);
             match v {
-                RowV::None => chunk::stats::<V, _>(xp, n, NoV),
-                RowV::Ones => chunk::stats::<V, _>(xp, n, Ones),
-                RowV::W(w) => chunk::stats::<V, _>(xp, n, W(w.as_ptr().add(c0))),
+                RowV::None => chunk::stats::<V, _>(xp, n, NoV, ahead, floor),
+                RowV::Ones => chunk::stats::<V, _>(xp, n, Ones, ahead, floor),
+                RowV::W(w) => chunk::stats::<V, _>(xp, n, W(w.as_ptr().add(c0)), ahead, floor),
                 RowV::T { t, a, b } => {
                     let t = T::read(t.add(c0), n, &mut sc.t);
-                    chunk::stats::<V, _>(xp, n, chunk::T { t, a, b })
+                    chunk::stats::<V, _>(xp, n, chunk::T { t, a, b }, ahead, floor)
                 }
                 RowV::TW { t, w, a, b } => {
                     let t = T::read(t.add(c0), n, &mut sc.t);
                     let w = w.as_ptr().add(c0);
-                    chunk::stats::<V, _>(xp, n, TW { t, w, a, b })
+                    chunk::stats::<V, _>(xp, n, TW { t, w, a, b }, ahead, floor)
                 }
             }
         };
@@ -324,9 +328,13 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
                     buf[k * lanes + l] = v;
                 }
             }
-            col_stats::<V, 1>(buf.as_ptr(), cols, lanes, &mut stats, true);
+            let mut ls = LaneStats::<V, 1>::default();
+            ls.fold(buf.as_ptr(), cols, lanes, Ahead::NONE);
+            ls.write(&mut stats);
+            let mut l = [T::F::ZERO; 16];
+            ls.l(0).store(l.as_mut_ptr());
             for (i, s) in stats[..lanes].iter().enumerate() {
-                let l = s.l();
+                let l = l[i].to_f64();
                 op.done(r + i, s, l);
                 if O::WRITES {
                     op.write::<V>(r + i, 0..cols, s, l, sc);

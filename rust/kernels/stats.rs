@@ -95,3 +95,20 @@ impl Stats {
         }
     }
 }
+
+/// Σ xs in a fixed order (eight interleaved running sums, then their sum), so that the result
+/// does not depend on the thread count and the summation does not wait on one chain of
+/// dependent additions.
+pub fn sum(xs: &[f64]) -> f64 {
+    let mut acc = [0.0; 8];
+    let mut it = xs.chunks_exact(8);
+    for c in &mut it {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(it.remainder()) {
+        *a += v;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}

@@ -1,6 +1,7 @@
 //! The public kernels against obviously-correct float64 scalar code, on every SIMD tier, at
 //! sizes that hit every vector tail, chunk and segment boundary.
 
+use super::columns::logsumexp_axis;
 use super::cross_entropy::*;
 use super::softmax::*;
 use crate::elem::{Elem, CHUNK};
@@ -86,20 +87,27 @@ fn logsumexp_matches_reference_at_every_tail() {
     });
 }
 
-#[test]
-fn logsumexp_edge_values() {
+/// Rows whose log-sum-exp takes care: a dominant term, infinities, NaN, extremes.
+fn edge_cases() -> Vec<(Vec<f64>, f64)> {
     let inf = f64::INFINITY;
-    let cases: Vec<(Vec<f64>, f64)> = vec![
+    vec![
         (vec![0.0, -40.0], 4.248354255291589e-18),
+        (vec![-40.0, 0.0], 4.248354255291589e-18),
         (vec![-inf, -inf, -inf], -inf),
         (vec![1.0, f64::NAN, 2.0], f64::NAN),
         (vec![inf, 0.0], inf),
+        (vec![0.0, inf], inf),
         (vec![inf, -inf], inf),
         (vec![-inf, f64::NAN], f64::NAN),
         (vec![5.0], 5.0),
         (vec![1e300, 1e300], 1e300 + std::f64::consts::LN_2),
         (vec![-1e300, 0.0], 0.0),
-    ];
+    ]
+}
+
+#[test]
+fn logsumexp_edge_values() {
+    let cases = edge_cases();
     each_tier(|tier| {
         for (row, want) in &cases {
             let mut out = [0f64];
@@ -124,6 +132,63 @@ fn logsumexp_edge_values() {
         let r64: Vec<f64> = row.iter().map(|&v| v as f64).collect();
         logsumexp_rows(&r64, r64.len(), &mut o).unwrap();
         close(o[0] - 10.0, 4999.0 * (-60f64).exp(), 1e-12, "dominant");
+    });
+}
+
+/// Column j of an `outer × steps × inner` array, slab `o`.
+fn column(x: &[f64], steps: usize, inner: usize, o: usize, j: usize) -> Vec<f64> {
+    (0..steps).map(|k| x[(o * steps + k) * inner + j]).collect()
+}
+
+#[test]
+fn logsumexp_axis_matches_reference_across_blocks() {
+    let mut rng = Rng(11);
+    // Steps around the block length (32), widths that end in wide strips, single vectors and
+    // scalar lanes, and more columns than one task unit holds.
+    let shapes = [
+        (1, 1, 1),
+        (1, 31, 7),
+        (2, 32, 16),
+        (1, 33, 17),
+        (3, 70, 130),
+        (1, 100, 300),
+        (1, 65, 1100),
+        (2, 257, 33),
+    ];
+    each_tier(|tier| {
+        for &(outer, steps, inner) in &shapes {
+            // The spread grows down the axis, so later blocks keep bringing new maxima.
+            let x64: Vec<f64> = (0..outer * steps * inner)
+                .map(|i| (1.0 + ((i / inner) % steps) as f64 / 8.0) * rng.normal())
+                .collect();
+            let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+            let r32: Vec<f64> = x32.iter().map(|&v| v as f64).collect();
+            let mut o64 = vec![0f64; outer * inner];
+            let mut o32 = vec![0f32; outer * inner];
+            logsumexp_axis(&x64, outer, steps, inner, &mut o64).unwrap();
+            logsumexp_axis(&x32, outer, steps, inner, &mut o32).unwrap();
+            for o in 0..outer {
+                for j in 0..inner {
+                    let what = format!("{tier:?} {outer}×{steps}×{inner} [{o}, {j}]");
+                    let want = ref_lse(&column(&x64, steps, inner, o, j));
+                    close(o64[o * inner + j], want, 1e-14, &what);
+                    let want = ref_lse(&column(&r32, steps, inner, o, j));
+                    close(o32[o * inner + j] as f64, want, 3e-7, &what);
+                }
+            }
+        }
+        // The edge cases down a column, their values 37 steps apart (in different blocks),
+        // −inf between them.
+        for (vals, want) in edge_cases() {
+            let steps = 37 * vals.len();
+            let mut x = vec![f64::NEG_INFINITY; steps];
+            for (i, v) in vals.iter().enumerate() {
+                x[37 * i + 36] = *v;
+            }
+            let mut out = [0f64];
+            logsumexp_axis(&x, 1, steps, 1, &mut out).unwrap();
+            close(out[0], want, 1e-15, &format!("{tier:?} column {vals:?}"));
+        }
     });
 }
 

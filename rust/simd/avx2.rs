@@ -2,7 +2,7 @@
 //! exponent field (AVX2 has no `scalef`), tails through `maskload`/`maskstore`.
 
 use super::consts::*;
-use super::{Kernel, SimdVec};
+use super::{log, Kernel, SimdVec};
 use std::arch::x86_64::*;
 
 pub fn supported() -> bool {
@@ -102,6 +102,11 @@ unsafe impl SimdVec for F32x8 {
         F32x8(unsafe { _mm256_mul_ps(self.0, o.0) })
     }
     #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        // SAFETY: AVX2 is present (trait contract).
+        F32x8(unsafe { _mm256_div_ps(self.0, o.0) })
+    }
+    #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
         // SAFETY: FMA is present (trait contract).
         F32x8(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
@@ -169,6 +174,14 @@ unsafe impl SimdVec for F32x8 {
         }
     }
     #[inline(always)]
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self {
+        // SAFETY: AVX2 is present (trait contract).
+        unsafe {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(a.0, b.0);
+            F32x8(_mm256_blendv_ps(otherwise.0, then.0, eq))
+        }
+    }
+    #[inline(always)]
     fn reduce_sum(self) -> f64 {
         let mut a = [0f32; 8];
         // SAFETY: `a` holds 8 floats.
@@ -182,6 +195,28 @@ unsafe impl SimdVec for F32x8 {
         unsafe { _mm256_storeu_ps(a.as_mut_ptr(), self.0) };
         a.iter()
             .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    }
+    #[inline(always)]
+    fn ln_1p(self) -> Self {
+        // SAFETY: AVX2 is present (trait contract).
+        unsafe {
+            let v = _mm256_add_ps(self.0, _mm256_set1_ps(1.0));
+            // v = f·2^k with f ∈ [√½, √2): offset by the bits of 1 − √½, the exponent field
+            // steps up at √½ instead of 1.
+            let ix = _mm256_add_epi32(
+                _mm256_castps_si256(v),
+                _mm256_set1_epi32(0x3f80_0000 - 0x3f35_04f3),
+            );
+            let k = _mm256_cvtepi32_ps(_mm256_sub_epi32(
+                _mm256_srai_epi32::<23>(ix),
+                _mm256_set1_epi32(0x7f),
+            ));
+            let f = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_and_si256(ix, _mm256_set1_epi32(0x007f_ffff)),
+                _mm256_set1_epi32(0x3f35_04f3),
+            ));
+            log::ln_1p_f32(self, F32x8(v), F32x8(f), F32x8(k))
+        }
     }
 }
 
@@ -237,6 +272,11 @@ unsafe impl SimdVec for F64x4 {
     fn mul(self, o: Self) -> Self {
         // SAFETY: AVX2 is present (trait contract).
         F64x4(unsafe { _mm256_mul_pd(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        // SAFETY: AVX2 is present (trait contract).
+        F64x4(unsafe { _mm256_div_pd(self.0, o.0) })
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
@@ -302,6 +342,14 @@ unsafe impl SimdVec for F64x4 {
                 F64x4(_mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0))),
                 F64x4(_mm256_add_pd(cnt.0, _mm256_and_pd(eq, _mm256_set1_pd(1.0)))),
             )
+        }
+    }
+    #[inline(always)]
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self {
+        // SAFETY: AVX2 is present (trait contract).
+        unsafe {
+            let eq = _mm256_cmp_pd::<_CMP_EQ_OQ>(a.0, b.0);
+            F64x4(_mm256_blendv_pd(otherwise.0, then.0, eq))
         }
     }
     #[inline(always)]

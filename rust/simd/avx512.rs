@@ -1,7 +1,7 @@
 //! AVX-512F: 16 float32 or 8 float64 lanes, masked tails, `scalef` for the exponent.
 
 use super::consts::*;
-use super::{Kernel, SimdVec};
+use super::{log, Kernel, SimdVec};
 use std::arch::x86_64::*;
 
 pub fn supported() -> bool {
@@ -86,6 +86,11 @@ unsafe impl SimdVec for F32x16 {
         F32x16(unsafe { _mm512_mul_ps(self.0, o.0) })
     }
     #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        // SAFETY: AVX-512F is present (trait contract).
+        F32x16(unsafe { _mm512_div_ps(self.0, o.0) })
+    }
+    #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
         // SAFETY: AVX-512F is present (trait contract).
         F32x16(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
@@ -157,16 +162,51 @@ unsafe impl SimdVec for F32x16 {
         }
     }
     #[inline(always)]
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self {
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a.0, b.0);
+            F32x16(_mm512_mask_blend_ps(eq, otherwise.0, then.0))
+        }
+    }
+    #[inline(always)]
     fn reduce_sum(self) -> f64 {
-        let mut a = [0f32; 16];
-        // SAFETY: `a` holds 16 floats.
-        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), self.0) };
-        a.iter().map(|&v| v as f64).sum()
+        // Widened first, so the lanes add in float64; a tree, not a chain of 16 additions.
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(self.0));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(self.0),
+            )));
+            _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
+        }
     }
     #[inline(always)]
     fn reduce_max(self) -> f32 {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe { _mm512_reduce_max_ps(self.0) }
+    }
+    #[inline(always)]
+    fn ln_1p(self) -> Self {
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let v = _mm512_add_ps(self.0, _mm512_set1_ps(1.0));
+            // v = f·2^k with f ∈ [√½, √2): offset by the bits of 1 − √½, the exponent field
+            // steps up at √½ instead of 1.
+            let ix = _mm512_add_epi32(
+                _mm512_castps_si512(v),
+                _mm512_set1_epi32(0x3f80_0000 - 0x3f35_04f3),
+            );
+            let k = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                _mm512_srai_epi32::<23>(ix),
+                _mm512_set1_epi32(0x7f),
+            ));
+            let f = _mm512_castsi512_ps(_mm512_add_epi32(
+                _mm512_and_si512(ix, _mm512_set1_epi32(0x007f_ffff)),
+                _mm512_set1_epi32(0x3f35_04f3),
+            ));
+            log::ln_1p_f32(self, F32x16(v), F32x16(f), F32x16(k))
+        }
     }
 }
 
@@ -214,6 +254,11 @@ unsafe impl SimdVec for F64x8 {
     fn mul(self, o: Self) -> Self {
         // SAFETY: AVX-512F is present (trait contract).
         F64x8(unsafe { _mm512_mul_pd(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        // SAFETY: AVX-512F is present (trait contract).
+        F64x8(unsafe { _mm512_div_pd(self.0, o.0) })
     }
     #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
@@ -283,11 +328,17 @@ unsafe impl SimdVec for F64x8 {
         }
     }
     #[inline(always)]
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self {
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe {
+            let eq = _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a.0, b.0);
+            F64x8(_mm512_mask_blend_pd(eq, otherwise.0, then.0))
+        }
+    }
+    #[inline(always)]
     fn reduce_sum(self) -> f64 {
-        let mut a = [0f64; 8];
-        // SAFETY: `a` holds 8 doubles.
-        unsafe { _mm512_storeu_pd(a.as_mut_ptr(), self.0) };
-        a.iter().sum()
+        // SAFETY: AVX-512F is present (trait contract).
+        unsafe { _mm512_reduce_add_pd(self.0) }
     }
     #[inline(always)]
     fn reduce_max(self) -> f64 {

@@ -10,9 +10,64 @@ use std::sync::atomic::{AtomicU8, Ordering};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod log;
 mod scalar;
 
 pub use scalar::Scalar;
+
+/// Memory a loop's caller reads next, requested while the loop computes on data already in
+/// cache. Without it a block's loads (from DRAM) and its arithmetic (from cache) take turns
+/// instead of overlapping, and a core runs at about half its speed.
+#[derive(Clone, Copy)]
+pub struct Ahead {
+    base: *const u8,
+    /// Bytes per element; 0 requests nothing.
+    elem: usize,
+}
+
+impl Ahead {
+    pub const NONE: Ahead = Ahead {
+        base: std::ptr::null(),
+        elem: 0,
+    };
+
+    /// Elements of `T` from `p` on (any address: a request never faults).
+    pub fn at<T>(p: *const T) -> Ahead {
+        Ahead {
+            base: p.cast(),
+            elem: size_of::<T>(),
+        }
+    }
+
+    /// The same layout `n` elements further on.
+    pub fn offset(self, n: usize) -> Ahead {
+        Ahead {
+            base: self.base.wrapping_add(n * self.elem),
+            elem: self.elem,
+        }
+    }
+
+    /// Requests the cache line holding element `i`. Loops call it once per vector (one
+    /// line of float32 AVX-512 values): no inner loop, so the vector loop stays unrolled.
+    #[inline(always)]
+    pub fn touch(self, i: usize) {
+        if !self.base.is_null() {
+            prefetch(self.base.wrapping_add(i * self.elem));
+        }
+    }
+}
+
+/// Asks the memory system for the cache line holding `p`, a hint with no effect on results.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// Range reduction and polynomial constants shared by every vector `exp`.
 pub(crate) mod consts {
@@ -134,6 +189,7 @@ pub trait Float:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + 'static
 {
     const ZERO: Self;
@@ -180,6 +236,7 @@ pub unsafe trait SimdVec: Copy {
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
     /// `self * b + c`, fused where the tier has FMA.
     fn mul_add(self, b: Self, c: Self) -> Self;
     /// Lane-wise maximum that never lets a NaN of `x` into the accumulator `self`.
@@ -195,8 +252,17 @@ pub unsafe trait SimdVec: Copy {
     /// Per lane: `self + e` where `x != m` (NaN counts as unequal), and `cnt + 1` where
     /// `x == m`: the column form of [`SimdVec::add_where_ne`].
     fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self);
+    /// Per lane: `then` where `a == b` (−inf equals −inf; NaN equals nothing), else
+    /// `otherwise`.
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self;
     fn reduce_sum(self) -> f64;
     fn reduce_max(self) -> Self::F;
+    /// ln(1 + x) for x ≥ 0 or NaN. Float32 vector tiers evaluate a polynomial (within 2 ulp,
+    /// tested); the others take each lane's float64 `ln_1p`.
+    #[inline(always)]
+    fn ln_1p(self) -> Self {
+        log::ln_1p_lanes(self)
+    }
 }
 
 /// A computation generic over the vector type, run by [`Float::dispatch`].

@@ -45,6 +45,10 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
         Scalar(self.0 * o.0)
     }
     #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        Scalar(self.0 / o.0)
+    }
+    #[inline(always)]
     fn mul_add(self, b: Self, c: Self) -> Self {
         Scalar(self.0 * b.0 + c.0)
     }
@@ -82,6 +86,14 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
             (self, Scalar(cnt.0 + F::ONE))
         } else {
             (Scalar(self.0 + e.0), cnt)
+        }
+    }
+    #[inline(always)]
+    fn where_eq(a: Self, b: Self, then: Self, otherwise: Self) -> Self {
+        if a.0 == b.0 {
+            then
+        } else {
+            otherwise
         }
     }
     #[inline(always)]

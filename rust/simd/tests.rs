@@ -1,17 +1,40 @@
-//! Every tier's vector operations against plain scalar arithmetic, and the vector `exp`
-//! against float64 on a dense sweep.
+//! Every tier's vector operations against plain scalar arithmetic, and the vector `exp` and
+//! `ln_1p` against float64 on dense sweeps.
 
 use super::*;
 
 const TIERS: [Tier; 3] = [Tier::Scalar, Tier::Avx2, Tier::Avx512];
 
-/// Applies `V::exp` to `x` lane-wise (tails included) on one tier.
-struct ExpAll<'a, F> {
+#[derive(Clone, Copy)]
+enum Unary {
+    Exp,
+    Ln1p,
+}
+
+impl Unary {
+    fn apply<V: SimdVec>(self, v: V) -> V {
+        match self {
+            Unary::Exp => v.exp(),
+            Unary::Ln1p => v.ln_1p(),
+        }
+    }
+
+    fn reference(self, x: f64) -> f64 {
+        match self {
+            Unary::Exp => x.exp(),
+            Unary::Ln1p => x.ln_1p(),
+        }
+    }
+}
+
+/// Applies a vector function to `x` lane-wise (tails included) on one tier.
+struct Apply<'a, F> {
+    op: Unary,
     x: &'a [F],
     out: &'a mut [F],
 }
 
-impl<F: Float> Kernel for ExpAll<'_, F> {
+impl<F: Float> Kernel for Apply<'_, F> {
     type F = F;
     type Out = ();
     fn run<V: SimdVec<F = F>>(self) {
@@ -20,19 +43,32 @@ impl<F: Float> Kernel for ExpAll<'_, F> {
         // SAFETY: loads and stores stay inside the slices.
         unsafe {
             while i + l <= self.x.len() {
-                V::load(self.x.as_ptr().add(i))
-                    .exp()
+                self.op
+                    .apply(V::load(self.x.as_ptr().add(i)))
                     .store(self.out.as_mut_ptr().add(i));
                 i += l;
             }
             let k = self.x.len() - i;
             if k > 0 {
-                V::load_tail(self.x.as_ptr().add(i), k, F::ZERO)
-                    .exp()
+                self.op
+                    .apply(V::load_tail(self.x.as_ptr().add(i), k, F::ZERO))
                     .store_tail(self.out.as_mut_ptr().add(i), k);
             }
         }
     }
+}
+
+fn apply<F: Float>(tier: Tier, op: Unary, x: &[F]) -> Vec<F> {
+    let mut out = vec![F::ZERO; x.len()];
+    F::dispatch_on(
+        tier,
+        Apply {
+            op,
+            x,
+            out: &mut out,
+        },
+    );
+    out
 }
 
 fn ulp_f32(got: f32, want: f64) -> f64 {
@@ -52,19 +88,12 @@ fn ulp_f64(got: f64, want: f64) -> f64 {
     (got - want).abs() / ulp
 }
 
-/// The largest error of `V::exp` over `xs` on `tier`, in units in the last place of `ulp`.
-fn worst_ulp<F: Float>(tier: Tier, xs: &[F], ulp: impl Fn(F, f64) -> f64) -> f64 {
-    let mut out = vec![F::ZERO; xs.len()];
-    F::dispatch_on(
-        tier,
-        ExpAll {
-            x: xs,
-            out: &mut out,
-        },
-    );
+/// The largest error of `op` over `xs` on `tier`, in units in the last place of `ulp`.
+fn worst_ulp<F: Float>(tier: Tier, op: Unary, xs: &[F], ulp: impl Fn(F, f64) -> f64) -> f64 {
+    let out = apply(tier, op, xs);
     xs.iter()
         .zip(&out)
-        .map(|(&x, &y)| ulp(y, x.to_f64().exp()))
+        .map(|(&x, &y)| ulp(y, op.reference(x.to_f64())))
         .fold(0.0, f64::max)
 }
 
@@ -77,7 +106,7 @@ fn exp_f32_within_2_ulp_on_a_dense_sweep() {
         .take_while(|&x| x >= lo)
         .collect();
     for tier in TIERS {
-        let worst = worst_ulp(tier, &xs, ulp_f32);
+        let worst = worst_ulp(tier, Unary::Exp, &xs, ulp_f32);
         eprintln!("exp f32 {tier:?}: max {worst:.3} ulp");
         assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
     }
@@ -95,7 +124,7 @@ fn exp_f64_within_2_ulp() {
         })
         .collect();
     for tier in TIERS {
-        let worst = worst_ulp(tier, &xs, ulp_f64);
+        let worst = worst_ulp(tier, Unary::Exp, &xs, ulp_f64);
         eprintln!("exp f64 {tier:?}: max {worst:.3} ulp");
         assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
     }
@@ -115,14 +144,7 @@ fn exp_edge_values() {
             -1.0,
             -2.0,
         ];
-        let mut out = [0f32; 9];
-        f32::dispatch_on(
-            tier,
-            ExpAll {
-                x: &x,
-                out: &mut out,
-            },
-        );
+        let out = apply(tier, Unary::Exp, &x);
         assert_eq!(out[0], 0.0, "{tier:?}");
         assert!(out[1].is_nan(), "{tier:?}");
         // Below the normal range: 0, or the subnormal value where the tier has it.
@@ -134,19 +156,47 @@ fn exp_edge_values() {
 
         let x = [f64::NEG_INFINITY, f64::NAN, -800.0, 0.0, -1.0];
         // −800 is below even the subnormal range: exactly 0 on every tier.
-        let mut out = [0f64; 5];
-        f64::dispatch_on(
-            tier,
-            ExpAll {
-                x: &x,
-                out: &mut out,
-            },
-        );
+        let out = apply(tier, Unary::Exp, &x);
         assert_eq!(out[0], 0.0);
         assert!(out[1].is_nan());
         assert_eq!(out[2], 0.0);
         assert_eq!(out[3], 1.0);
         assert!((out[4] - (-1f64).exp()).abs() < 1e-16);
+    }
+}
+
+#[test]
+fn ln_1p_f32_within_2_ulp_on_a_dense_sweep() {
+    // Every 97th float in [0, 64]: from the subnormals through 1 + u rounding to 1, to the
+    // largest u of rows of 32 classes. Tails of all widths too.
+    let xs: Vec<f32> = (0u32..)
+        .map(|k| f32::from_bits(k * 97))
+        .take_while(|&x| x <= 64.0)
+        .collect();
+    for tier in TIERS {
+        let worst = worst_ulp(tier, Unary::Ln1p, &xs, ulp_f32);
+        eprintln!("ln_1p f32 {tier:?}: max {worst:.3} ulp");
+        assert!(worst <= 2.0, "{tier:?}: {worst} ulp");
+    }
+}
+
+#[test]
+fn ln_1p_edge_values() {
+    for tier in TIERS {
+        let x = [0.0, 4.25e-18, 1e-30, f32::NAN, 1.0, 31.0];
+        let out = apply(tier, Unary::Ln1p, &x);
+        assert_eq!(out[0], 0.0, "{tier:?}");
+        assert_eq!(out[1], 4.25e-18, "{tier:?}");
+        assert_eq!(out[2], 1e-30, "{tier:?}");
+        assert!(out[3].is_nan(), "{tier:?}");
+        assert!((out[4] - std::f32::consts::LN_2).abs() <= 6e-8, "{tier:?}");
+        assert!((out[5] - 32f32.ln()).abs() <= 4e-7, "{tier:?}");
+        // Float64 lanes take float64's own ln_1p.
+        let x = [0.0, 4.25e-18, f64::NAN, 0.5, 31.0];
+        let out = apply(tier, Unary::Ln1p, &x);
+        for (g, w) in out.iter().zip(x) {
+            assert!(*g == w.ln_1p() || (g.is_nan() && w.is_nan()), "{tier:?}");
+        }
     }
 }
 
