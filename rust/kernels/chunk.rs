@@ -170,15 +170,36 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
             m0 = m0.max_acc(V::load_tail(x.add(i), n - i, ninf));
         }
     }
-    let m = m0
-        .max_acc(m1)
-        .max_acc(m2.max_acc(m3))
-        .max_acc(V::splat(floor))
-        .reduce_max();
+    let top = m0.max_acc(m1).max_acc(m2.max_acc(m3)).reduce_max();
+    // Below the floor, no value equals the reference: pass 2 then needs no comparison.
+    let m = if floor > top { floor } else { top };
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        if floor > top {
+            sums::<V, S, false>(x, n, v, ahead, m)
+        } else {
+            sums::<V, S, true>(x, n, v, ahead, m)
+        }
+    }
+}
+
+/// Pass 2 of [`stats`] (from L1): Σ e^(x − m) over x ≠ m, how many x = m (when `COUNT`; else
+/// no x equals m), and the weighted sum.
+///
+/// # Safety
+/// As [`stats`].
+#[inline(always)]
+unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
+    x: *const V::F,
+    n: usize,
+    v: S,
+    ahead: Ahead,
+    m: V::F,
+) -> Stats {
+    let l = V::LANES;
+    let ninf = V::F::NEG_INF;
     let shift = V::F::from_f64(Stats::shift_for(m.to_f64()));
     let (mv, sv) = (V::splat(m), V::splat(shift));
-
-    // Pass 2 (from L1): Σ e^(x − m) over x ≠ m, how many x = m, and the weighted sum.
     let zero = V::splat(V::F::ZERO);
     let (mut a0, mut a1, mut d0, mut s0) = (zero, zero, zero, zero);
     let mut cnt = 0u32;
@@ -194,15 +215,15 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
             } else {
                 (None, None)
             };
-            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
-            a1 = stats_step(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a1 = stats_step::<V, COUNT>(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
             i += 2 * l;
         }
         while i + l <= n {
             ahead.touch(i);
             let x0 = V::load(x.add(i));
             let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
-            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
             i += l;
         }
         if i < n {
@@ -213,8 +234,8 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
             } else {
                 None
             };
-            a0 = stats_step(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
-            if m == ninf {
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            if COUNT && m == ninf {
                 // The −inf fill lanes equal the maximum here: they are not values.
                 cnt -= (l - k) as u32;
             }
@@ -234,7 +255,7 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
 /// inlined into the `#[target_feature]` caller.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn stats_step<V: SimdVec>(
+fn stats_step<V: SimdVec, const COUNT: bool>(
     acc: V,
     cnt: &mut u32,
     d: &mut V,
@@ -249,9 +270,13 @@ fn stats_step<V: SimdVec>(
         *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
         *s = s.add(vv);
     }
-    let (acc, eq) = acc.add_where_ne(e, xv, mv);
-    *cnt += eq;
-    acc
+    if COUNT {
+        let (acc, eq) = acc.add_where_ne(e, xv, mv);
+        *cnt += eq;
+        acc
+    } else {
+        acc.add(e)
+    }
 }
 
 /// out = k1·e^((x − m) − l) − k2·v over `n` values: softmax (k1 = 1, k2 = 0) and every
