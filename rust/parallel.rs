@@ -4,8 +4,10 @@
 //! hangs in a forked child (its worker threads do not exist there), so the pool is keyed by
 //! the process id.
 
-use rayon::prelude::*;
+use std::any::Any;
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Elements a task should cover at least (256 KiB of float32), so scheduling is amortized.
@@ -54,9 +56,10 @@ fn pool() -> Arc<rayon::ThreadPool> {
             std::mem::forget(old);
         }
     }
+    // The thread that calls a kernel works alongside the pool ([`run_tasks`]).
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
+            .num_threads(threads - 1)
             .thread_name(|i| format!("mlecore-{i}"))
             .build()
             .expect("building a thread pool"),
@@ -69,42 +72,104 @@ fn pool() -> Arc<rayon::ThreadPool> {
     pool
 }
 
+/// The tasks of one [`run_tasks`] call, shared with the pool's workers.
+struct Tasks {
+    n: usize,
+    /// The next task to take; values ≥ n mean none is left.
+    next: AtomicUsize,
+    /// Tasks finished (or panicked).
+    done: AtomicUsize,
+    /// The caller's closure, its lifetime erased: only called for a task taken while
+    /// `done < n`, and the caller does not return before `done == n` (see [`run_tasks`]).
+    task: *const (dyn Fn(usize) + Sync),
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+// SAFETY: `task` points to a `Sync` closure that outlives every call through it
+// ([`run_tasks`]'s protocol); the other fields are thread-safe.
+unsafe impl Send for Tasks {}
+// SAFETY: as above.
+unsafe impl Sync for Tasks {}
+
+impl Tasks {
+    /// Takes and runs tasks until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                return;
+            }
+            // SAFETY: task i was taken before `done` reached n, so the caller is still
+            // waiting in `run_tasks` and the closure is alive.
+            let r = catch_unwind(AssertUnwindSafe(|| unsafe { (*self.task)(i) }));
+            if let Err(p) = r {
+                *self.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `task(i)` for every i in `0..n` on up to [`num_threads`] threads: the calling thread
+/// and the pool's workers each take the next task as they finish one.
+///
+/// The calling thread works too and never waits for a worker that has not started: a worker
+/// woken late finds no task left and returns without touching the closure. Waking a sleeping
+/// thread on a virtual machine can take longer than a short kernel, so a short call runs at
+/// the caller's speed instead of waiting for the wake-up.
+fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
+    let threads = num_threads().min(n);
+    if threads <= 1 {
+        (0..n).for_each(task);
+        return;
+    }
+    let task: &(dyn Fn(usize) + Sync) = &task;
+    // SAFETY: only the lifetime is erased. The closure is called for tasks taken while
+    // `done < n`; this function returns only once `done == n`, after which every task
+    // index is taken and no worker calls the closure again.
+    let task: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(task) };
+    let tasks = Arc::new(Tasks {
+        n,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        task,
+        panic: Mutex::new(None),
+    });
+    let pool = pool();
+    for _ in 1..threads {
+        let t = tasks.clone();
+        pool.spawn(move || t.work());
+    }
+    tasks.work();
+    let mut spins = 0u32;
+    while tasks.done.load(Ordering::Acquire) < n {
+        if spins < 1 << 12 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let panic = tasks.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
+}
+
 /// Runs `f(range)` over `0..units` cut into ranges of at least `TASK_ELEMS` elements, where
-/// one unit holds `unit_elems` elements, on mlecore's pool.
+/// one unit holds `unit_elems` elements.
 pub fn for_blocks(units: usize, unit_elems: usize, f: impl Fn(Range<usize>) + Sync) {
-    if units == 0 {
-        return;
-    }
     let per = (TASK_ELEMS / unit_elems.max(1)).max(1);
-    let blocks = units.div_ceil(per);
-    if blocks == 1 || num_threads() == 1 {
-        f(0..units);
-        return;
-    }
-    pool().install(|| {
-        (0..blocks)
-            .into_par_iter()
-            .for_each(|b| f(b * per..((b + 1) * per).min(units)))
+    run_tasks(units.div_ceil(per), |b| {
+        f(b * per..((b + 1) * per).min(units))
     });
 }
 
 /// Runs `f(range)` over `0..units` cut into a few contiguous ranges per thread, for work whose
 /// units are large (whole columns of a matrix).
 pub fn for_ranges(units: usize, f: impl Fn(Range<usize>) + Sync) {
-    let threads = num_threads();
-    if units == 0 {
-        return;
-    }
-    if threads == 1 || units == 1 {
-        f(0..units);
-        return;
-    }
-    let parts = units.min(2 * threads);
-    pool().install(|| {
-        (0..parts)
-            .into_par_iter()
-            .for_each(|p| f(p * units / parts..(p + 1) * units / parts))
-    });
+    let parts = units.min(2 * num_threads());
+    run_tasks(parts, |p| f(p * units / parts..(p + 1) * units / parts));
 }
 
 /// A slice that tasks write at disjoint indices.
@@ -143,3 +208,36 @@ pub struct SendPtr<T>(pub *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        for n in [0, 1, 2, 3, 17, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            run_tasks(n, |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_without_a_hang() {
+        let ran = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            run_tasks(64, |i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                assert_ne!(i, 5, "task five fails");
+            })
+        }));
+        assert!(r.is_err());
+        // The other tasks still ran: none was left holding the caller.
+        assert_eq!(ran.load(Ordering::Relaxed), 64);
+    }
+}
