@@ -222,6 +222,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         matches!(self.target, Target::Index(_)) && self.eps == 0.0
     }
 
+    #[inline(always)]
     fn done(&self, r: usize, s: &Stats, l: f64) {
         if let Some(lse) = &self.lse {
             // SAFETY: each row is finished exactly once.
