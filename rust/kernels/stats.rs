@@ -10,7 +10,9 @@
 /// fixed order, so results do not depend on how work was split over threads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
-    /// Maximum over the non-NaN values (−inf when there are none).
+    /// The reference of the sums: the maximum over the non-NaN values (−inf when there are
+    /// none), or a larger value from earlier in the row (see `chunk::stats`). A row's merged
+    /// statistics always hold its true maximum.
     pub m: f64,
     /// How many values equal `m`.
     pub cnt: f64,
