@@ -93,7 +93,7 @@ fn main() {
             bytes as f64 / 1e6
         );
         report("threaded sum (read ceiling)", bytes, ceiling, Some(ceiling));
-        for tier in [Tier::Avx512, Tier::Avx2, Tier::Scalar] {
+        for tier in [Tier::Avx512, Tier::Avx2, Tier::Neon, Tier::Scalar] {
             if set_tier(tier) != tier {
                 continue;
             }

@@ -429,7 +429,7 @@ fn detected_simd_tier() -> &'static str {
 fn set_simd_tier(name: &str) -> PyResult<&'static str> {
     let t = crate::simd::Tier::from_name(name).ok_or_else(|| {
         PyValueError::new_err(format!(
-            "unknown SIMD tier {name:?}: expected 'avx512', 'avx2' or 'scalar'"
+            "unknown SIMD tier {name:?}: expected 'avx512', 'avx2', 'neon' or 'scalar'"
         ))
     })?;
     Ok(crate::simd::set_tier(t).name())

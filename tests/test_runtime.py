@@ -101,7 +101,7 @@ def test_show_config_and_tiers(capsys):
         ext.set_simd_tier("sse9")
 
 
-@pytest.mark.parametrize("tier", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("tier", ["scalar", "neon", "avx2", "avx512"])
 def test_every_tier_agrees_with_the_reference(rng, tier):
     import scipy.special as sp
 

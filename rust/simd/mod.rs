@@ -2,7 +2,7 @@
 //!
 //! Kernels are written once, generic over [`SimdVec`], and instantiated per tier inside a
 //! `#[target_feature]` function (see [`Float::dispatch`]), so the one binary uses AVX-512 or
-//! AVX2+FMA where the CPU has them and plain scalar code elsewhere (aarch64 included).
+//! AVX2+FMA where the CPU has them, NEON on aarch64, and plain scalar code elsewhere.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -11,6 +11,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod log;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 
 pub use scalar::Scalar;
@@ -70,6 +72,8 @@ fn prefetch(p: *const u8) {
 }
 
 /// Range reduction and polynomial constants shared by every vector `exp`.
+// The ln2/16 tables serve the AVX-512 tier only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod consts {
     pub const LOG2E_F32: f32 = std::f32::consts::LOG2_E;
     /// ln 2 split in two (Cody–Waite): `C1` is exact in few bits, so `n * C1` is exact.
@@ -277,14 +281,16 @@ pub trait Kernel {
 #[repr(u8)]
 pub enum Tier {
     Scalar = 1,
-    Avx2 = 2,
-    Avx512 = 3,
+    Neon = 2,
+    Avx2 = 3,
+    Avx512 = 4,
 }
 
 impl Tier {
     pub fn name(self) -> &'static str {
         match self {
             Tier::Scalar => "scalar",
+            Tier::Neon => "neon",
             Tier::Avx2 => "avx2+fma",
             Tier::Avx512 => "avx512",
         }
@@ -293,6 +299,7 @@ impl Tier {
     pub fn from_name(s: &str) -> Option<Tier> {
         match s {
             "scalar" => Some(Tier::Scalar),
+            "neon" => Some(Tier::Neon),
             "avx2" | "avx2+fma" => Some(Tier::Avx2),
             "avx512" => Some(Tier::Avx512),
             _ => None,
@@ -301,8 +308,9 @@ impl Tier {
 
     fn from_u8(v: u8) -> Tier {
         match v {
-            3 => Tier::Avx512,
-            2 => Tier::Avx2,
+            4 => Tier::Avx512,
+            3 => Tier::Avx2,
+            2 => Tier::Neon,
             _ => Tier::Scalar,
         }
     }
@@ -319,7 +327,21 @@ pub fn detected_tier() -> Tier {
             return Tier::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    return Tier::Neon;
+    #[allow(unreachable_code)]
     Tier::Scalar
+}
+
+/// The widest tier this CPU has that is no wider than `t` (x86 CPUs with AVX-512 also have
+/// AVX2; aarch64 has NEON; every CPU has the scalar tier).
+fn cap(t: Tier) -> Tier {
+    let d = detected_tier();
+    let has = |x: Tier| x == Tier::Scalar || x == d || (x == Tier::Avx2 && d == Tier::Avx512);
+    [Tier::Avx512, Tier::Avx2, Tier::Neon]
+        .into_iter()
+        .find(|&x| x <= t && has(x))
+        .unwrap_or(Tier::Scalar)
 }
 
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
@@ -332,7 +354,7 @@ pub fn tier() -> Tier {
             let chosen = std::env::var("MLECORE_SIMD")
                 .ok()
                 .and_then(|s| Tier::from_name(&s))
-                .map_or(detected, |t| t.min(detected));
+                .map_or(detected, cap);
             ACTIVE.store(chosen as u8, Ordering::Relaxed);
             chosen
         }
@@ -343,7 +365,7 @@ pub fn tier() -> Tier {
 /// Uses `t`, or the detected tier if the CPU lacks `t`; returns the tier now in use.
 /// Tests use it to check every tier against the scalar reference.
 pub fn set_tier(t: Tier) -> Tier {
-    let chosen = t.min(detected_tier());
+    let chosen = cap(t);
     ACTIVE.store(chosen as u8, Ordering::Relaxed);
     chosen
 }
@@ -374,13 +396,16 @@ impl Float for f32 {
         f32::is_nan(self)
     }
     fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
-        match tier.min(detected_tier()) {
+        match cap(tier) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the tier is capped by what `detected_tier()` found on this CPU.
+            // SAFETY: `cap` returns only tiers this CPU has.
             Tier::Avx512 => unsafe { avx512::run_f32(k) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Tier::Avx2 => unsafe { avx2::run_f32(k) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of every aarch64 CPU.
+            Tier::Neon => unsafe { neon::run_f32(k) },
             _ => k.run::<Scalar<f32>>(),
         }
     }
@@ -412,13 +437,16 @@ impl Float for f64 {
         f64::is_nan(self)
     }
     fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
-        match tier.min(detected_tier()) {
+        match cap(tier) {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the tier is capped by what `detected_tier()` found on this CPU.
+            // SAFETY: `cap` returns only tiers this CPU has.
             Tier::Avx512 => unsafe { avx512::run_f64(k) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Tier::Avx2 => unsafe { avx2::run_f64(k) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of every aarch64 CPU.
+            Tier::Neon => unsafe { neon::run_f64(k) },
             _ => k.run::<Scalar<f64>>(),
         }
     }
