@@ -16,24 +16,25 @@ pub const COL_BLOCK: usize = 32;
 /// Vectors side by side in the wide column kernel.
 pub const COL_WIDTH: usize = 8;
 
-/// Running statistics of `W·LANES` lanes, kept in vectors from block to block: the maximum,
-/// how many values equal it, and the sum of e^(x − m) over the others (see [`Stats`]).
+/// Running statistics of `W·LANES` lanes: the maximum, kept in vectors from block to block,
+/// and how many values equal it and the sum of e^(x − m) over the others (see [`Stats`]).
+/// Each block sums in vectors; the totals are float64 per lane, since a float32 lane summing a
+/// column of a million values would lose digits.
 #[derive(Clone, Copy)]
 pub struct LaneStats<V, const W: usize> {
-    pub m: [V; W],
-    pub rest: [V; W],
-    pub cnt: [V; W],
+    m: [V; W],
+    rest: [[f64; 16]; W],
+    cnt: [[f64; 16]; W],
 }
 
 impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
     /// The statistics of no values.
     #[inline(always)]
     fn default() -> Self {
-        let zero = V::splat(V::F::ZERO);
         LaneStats {
             m: [V::splat(V::F::NEG_INF); W],
-            rest: [zero; W],
-            cnt: [zero; W],
+            rest: [[0.0; 16]; W],
+            cnt: [[0.0; 16]; W],
         }
     }
 }
@@ -45,11 +46,11 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     ///
     /// # Safety
     /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
-    // The loops over `w` step through four parallel arrays at once.
+    // The loops over `w` step through parallel arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize, ahead: Ahead) {
-        let zero = V::splat(V::F::ZERO);
+        let (zero, one) = (V::splat(V::F::ZERO), V::splat(V::F::ONE));
         let mut m = self.m;
         for k in 0..steps {
             for (w, mw) in m.iter_mut().enumerate() {
@@ -58,15 +59,12 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
             }
         }
         for w in 0..W {
-            // Where the maximum rose, the sum so far shrinks by e^(old − new) and the values
-            // equal to the old maximum join it. Elsewhere (also where both are −inf, whose
-            // difference is NaN) nothing changes.
-            let scale = self.m[w].sub(m[w]).exp();
-            let moved = self.rest[w].add(self.cnt[w]).mul(scale);
-            self.rest[w] = V::where_eq(self.m[w], m[w], self.rest[w], moved);
-            self.cnt[w] = V::where_eq(self.m[w], m[w], self.cnt[w], zero);
+            if V::where_eq(self.m[w], m[w], zero, one).reduce_max() > V::F::ZERO {
+                self.rescale(w, m[w]);
+            }
         }
         self.m = m;
+        let (mut rest, mut cnt) = ([zero; W], [zero; W]);
         for k in 0..steps {
             for w in 0..W {
                 let off = k * step + w * V::LANES;
@@ -74,7 +72,33 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
                 // SAFETY: as above.
                 let xv = unsafe { V::load(x.add(off)) };
                 let e = xv.sub(m[w]).exp();
-                (self.rest[w], self.cnt[w]) = self.rest[w].add_split(self.cnt[w], e, xv, m[w]);
+                (rest[w], cnt[w]) = rest[w].add_split(cnt[w], e, xv, m[w]);
+            }
+        }
+        for w in 0..W {
+            add_lanes(&mut self.rest[w], rest[w]);
+            add_lanes(&mut self.cnt[w], cnt[w]);
+        }
+    }
+
+    /// Where vector `w`'s maximum rises to `new`, the totals so far shrink by e^(old − new)
+    /// and the values equal to the old maximum join the rest. Elsewhere (also where both are
+    /// −inf) nothing changes.
+    #[inline(always)]
+    fn rescale(&mut self, w: usize, new: V) {
+        let (old, new) = (lanes(self.m[w]), lanes(new));
+        for l in 0..V::LANES {
+            let (o, n) = (old[l].to_f64(), new[l].to_f64());
+            if o != n {
+                // From −inf (no finite value yet, as in every fresh lane) the factor is 0:
+                // no libm call for it.
+                let f = if o == f64::NEG_INFINITY {
+                    0.0
+                } else {
+                    (o - n).exp()
+                };
+                self.rest[w][l] = (self.rest[w][l] + self.cnt[w][l]) * f;
+                self.cnt[w][l] = 0.0;
             }
         }
     }
@@ -83,10 +107,12 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     /// `ln_1p` per lane costs more than the rest of a short reduction).
     #[inline(always)]
     pub fn l(&self, w: usize) -> V {
-        self.cnt[w]
-            .sub(V::splat(V::F::ONE))
-            .add(self.rest[w])
-            .ln_1p()
+        let mut u = [V::F::ZERO; 16];
+        for (l, u) in u[..V::LANES].iter_mut().enumerate() {
+            *u = V::F::from_f64(self.cnt[w][l] - 1.0 + self.rest[w][l]);
+        }
+        // SAFETY: `u` holds 16 ≥ LANES values.
+        unsafe { V::load(u.as_ptr()) }.ln_1p()
     }
 
     /// The log-sum-exp of every lane, in lane order, into `out[..W·LANES]`.
@@ -106,26 +132,37 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     /// The statistics of every lane, in lane order, into `out[..W·LANES]`.
     #[inline(always)]
     pub fn write(&self, out: &mut [Stats]) {
-        let mut buf = [[V::F::ZERO; 16]; 3];
         for w in 0..W {
-            // SAFETY: each buffer holds 16 ≥ LANES values.
-            unsafe {
-                self.m[w].store(buf[0].as_mut_ptr());
-                self.rest[w].store(buf[1].as_mut_ptr());
-                self.cnt[w].store(buf[2].as_mut_ptr());
-            }
+            let m = lanes(self.m[w]);
             for (l, o) in out[w * V::LANES..(w + 1) * V::LANES].iter_mut().enumerate() {
-                let m = buf[0][l].to_f64();
+                let m = m[l].to_f64();
                 *o = Stats {
                     m,
-                    cnt: buf[2][l].to_f64(),
-                    rest: buf[1][l].to_f64(),
+                    cnt: self.cnt[w][l],
+                    rest: self.rest[w][l],
                     shift: Stats::shift_for(m),
                     dot: 0.0,
                     vsum: 0.0,
                 };
             }
         }
+    }
+}
+
+/// A vector's lanes in an array (the first LANES of 16).
+#[inline(always)]
+fn lanes<V: SimdVec>(v: V) -> [V::F; 16] {
+    let mut a = [V::F::ZERO; 16];
+    // SAFETY: `a` holds 16 ≥ LANES values.
+    unsafe { v.store(a.as_mut_ptr()) };
+    a
+}
+
+/// total[l] += v[l] in float64, lane by lane.
+#[inline(always)]
+fn add_lanes<V: SimdVec>(total: &mut [f64; 16], v: V) {
+    for (t, x) in total[..V::LANES].iter_mut().zip(&lanes(v)[..V::LANES]) {
+        *t += x.to_f64();
     }
 }
 

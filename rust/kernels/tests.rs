@@ -181,6 +181,19 @@ fn logsumexp_axis_matches_reference_across_blocks() {
                 }
             }
         }
+        // A long float32 column of similar terms: its sum must not lose digits to a float32
+        // running total (one lane summing 300000 terms did, by 1e-5 relative).
+        let (steps, inner) = (300_000, 17);
+        let x: Vec<f32> = (0..steps * inner)
+            .map(|_| (0.01 * rng.normal()) as f32)
+            .collect();
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let mut out = vec![0f32; inner];
+        logsumexp_axis(&x, 1, steps, inner, &mut out).unwrap();
+        for (j, o) in out.iter().enumerate() {
+            let want = ref_lse(&column(&x64, steps, inner, 0, j));
+            close(*o as f64, want, 2e-7, &format!("{tier:?} long column {j}"));
+        }
         // The edge cases down a column, their values 37 steps apart (in different blocks),
         // −inf between them.
         for (vals, want) in edge_cases() {
