@@ -58,8 +58,13 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
                 *mw = mw.max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
             }
         }
+        // Usually no maximum rises: one horizontal test for the whole strip.
+        let mut rose = zero;
         for w in 0..W {
-            if V::where_eq(self.m[w], m[w], zero, one).reduce_max() > V::F::ZERO {
+            rose = rose.add(V::where_eq(self.m[w], m[w], zero, one));
+        }
+        if rose.reduce_max() > V::F::ZERO {
+            for w in 0..W {
                 self.rescale(w, m[w]);
             }
         }
