@@ -171,14 +171,13 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
         }
     }
     let top = m0.max_acc(m1).max_acc(m2.max_acc(m3)).reduce_max();
-    // Below the floor, no value equals the reference: pass 2 then needs no comparison.
-    let m = if floor > top { floor } else { top };
     // SAFETY: the caller's contract, passed on.
     unsafe {
         if floor > top {
-            sums::<V, S, false>(x, n, v, ahead, m)
+            // Below the floor, no value equals the reference: no comparison in pass 2.
+            sums::<V, S, false>(x, n, v, ahead, floor)
         } else {
-            sums::<V, S, true>(x, n, v, ahead, m)
+            sums::<V, S, true>(x, n, v, ahead, top)
         }
     }
 }
@@ -202,7 +201,7 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
     let (mv, sv) = (V::splat(m), V::splat(shift));
     let zero = V::splat(V::F::ZERO);
     let (mut a0, mut a1, mut d0, mut s0) = (zero, zero, zero, zero);
-    let mut cnt = 0u32;
+    let mut cnt = zero;
     let mut i = 0;
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
@@ -235,15 +234,16 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
                 None
             };
             a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
-            if COUNT && m == ninf {
-                // The −inf fill lanes equal the maximum here: they are not values.
-                cnt -= (l - k) as u32;
-            }
         }
+    }
+    let mut count = if COUNT { cnt.reduce_sum() } else { 0.0 };
+    if COUNT && m == ninf {
+        // The −inf fill lanes of the tail equal the maximum here: they are not values.
+        count -= (n.next_multiple_of(l) - n) as f64;
     }
     Stats {
         m: m.to_f64(),
-        cnt: cnt as f64,
+        cnt: count,
         rest: a0.add(a1).reduce_sum(),
         shift: shift.to_f64(),
         dot: if S::ACTIVE { d0.reduce_sum() } else { 0.0 },
@@ -257,7 +257,7 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
 #[inline(always)]
 fn stats_step<V: SimdVec, const COUNT: bool>(
     acc: V,
-    cnt: &mut u32,
+    cnt: &mut V,
     d: &mut V,
     s: &mut V,
     xv: V,
@@ -271,8 +271,8 @@ fn stats_step<V: SimdVec, const COUNT: bool>(
         *s = s.add(vv);
     }
     if COUNT {
-        let (acc, eq) = acc.add_where_ne(e, xv, mv);
-        *cnt += eq;
+        let (acc, c) = acc.add_split(*cnt, e, xv, mv);
+        *cnt = c;
         acc
     } else {
         acc.add(e)

@@ -50,11 +50,6 @@ impl Stats {
         (self.cnt - 1.0 + self.rest).ln_1p()
     }
 
-    /// The log-sum-exp of the stretch.
-    pub fn lse(&self) -> f64 {
-        self.m + self.l()
-    }
-
     /// Σ v·(lse − x): the v-weighted negative log-likelihood, computed without cancellation;
     /// `l` is [`Stats::l`].
     pub fn weighted_nll(&self, l: f64) -> f64 {

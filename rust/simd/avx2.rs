@@ -146,15 +146,6 @@ unsafe impl SimdVec for F32x8 {
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: AVX2 is present (trait contract).
-        unsafe {
-            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(x.0, m.0);
-            let sum = _mm256_add_ps(self.0, _mm256_andnot_ps(eq, e.0));
-            (F32x8(sum), (_mm256_movemask_ps(eq) as u32).count_ones())
-        }
-    }
-    #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
         // SAFETY: AVX2 is present (trait contract).
         unsafe {
@@ -314,15 +305,6 @@ unsafe impl SimdVec for F64x4 {
             let y = _mm256_mul_pd(y, _mm256_castsi256_pd(e));
             let under = _mm256_cmp_pd::<_CMP_LT_OQ>(x, lo);
             F64x4(_mm256_andnot_pd(under, y))
-        }
-    }
-    #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: AVX2 is present (trait contract).
-        unsafe {
-            let eq = _mm256_cmp_pd::<_CMP_EQ_OQ>(x.0, m.0);
-            let sum = _mm256_add_pd(self.0, _mm256_andnot_pd(eq, e.0));
-            (F64x4(sum), (_mm256_movemask_pd(eq) as u32).count_ones())
         }
     }
     #[inline(always)]

@@ -134,15 +134,6 @@ unsafe impl SimdVec for F32x16 {
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: AVX-512F is present (trait contract).
-        unsafe {
-            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x.0, m.0);
-            let sum = _mm512_mask_add_ps(self.0, !eq, self.0, e.0);
-            (F32x16(sum), eq.count_ones())
-        }
-    }
-    #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
         // SAFETY: AVX-512F is present (trait contract).
         unsafe {
@@ -297,15 +288,6 @@ unsafe impl SimdVec for F64x8 {
             let y = _mm512_fmadd_pd(t, _mm512_mul_pd(r, p), t);
             let k = _mm512_mul_pd(n, _mm512_set1_pd(1.0 / 16.0));
             F64x8(_mm512_scalef_pd(y, k))
-        }
-    }
-    #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: AVX-512F is present (trait contract).
-        unsafe {
-            let eq = _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(x.0, m.0);
-            let sum = _mm512_mask_add_pd(self.0, !eq, self.0, e.0);
-            (F64x8(sum), eq.count_ones())
         }
     }
     #[inline(always)]

@@ -41,14 +41,6 @@ impl Ahead {
         }
     }
 
-    /// The same layout `n` elements further on.
-    pub fn offset(self, n: usize) -> Ahead {
-        Ahead {
-            base: self.base.wrapping_add(n * self.elem),
-            elem: self.elem,
-        }
-    }
-
     /// Requests the cache line holding element `i`. Loops call it once per vector (one
     /// line of float32 AVX-512 values): no inner loop, so the vector loop stays unrolled.
     #[inline(always)]
@@ -248,13 +240,10 @@ pub unsafe trait SimdVec: Copy {
     /// e^x for x ≤ 0: NaN stays NaN, −inf gives 0, and so does anything below the normal
     /// range (a tier with cheap subnormals may return the subnormal value instead).
     fn exp(self) -> Self;
-    /// `self + e` in the lanes where `x != m` (NaN lanes of `x` count as unequal), and how
-    /// many lanes of `x` equal `m`: one comparison serves both.
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32);
     /// `v * d`, but exactly 0 where `v == 0` (so 0 · ±inf = 0, as 0·log 0 = 0).
     fn mul_nonzero(v: Self, d: Self) -> Self;
     /// Per lane: `self + e` where `x != m` (NaN counts as unequal), and `cnt + 1` where
-    /// `x == m`: the column form of [`SimdVec::add_where_ne`].
+    /// `x == m`: one comparison serves both.
     fn add_split(self, cnt: Self, e: Self, x: Self, m: Self) -> (Self, Self);
     /// Per lane: `then` where `a == b` (−inf equals −inf; NaN equals nothing), else
     /// `otherwise`.

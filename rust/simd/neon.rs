@@ -120,15 +120,6 @@ unsafe impl SimdVec for F32x4 {
         }
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: NEON is present (baseline).
-        unsafe {
-            let eq = vceqq_f32(x.0, m.0);
-            let sum = vaddq_f32(self.0, vbslq_f32(eq, vdupq_n_f32(0.0), e.0));
-            (F32x4(sum), vaddvq_u32(vshrq_n_u32::<31>(eq)))
-        }
-    }
-    #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
         // SAFETY: NEON is present (baseline).
         unsafe {
@@ -275,15 +266,6 @@ unsafe impl SimdVec for F64x2 {
             let y = vmulq_f64(y, vreinterpretq_f64_s64(e));
             let under = vcltq_f64(x, lo);
             F64x2(vbslq_f64(under, vdupq_n_f64(0.0), y))
-        }
-    }
-    #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        // SAFETY: NEON is present (baseline).
-        unsafe {
-            let eq = vceqq_f64(x.0, m.0);
-            let sum = vaddq_f64(self.0, vbslq_f64(eq, vdupq_n_f64(0.0), e.0));
-            (F64x2(sum), vaddvq_u64(vshrq_n_u64::<63>(eq)) as u32)
         }
     }
     #[inline(always)]

@@ -65,14 +65,6 @@ unsafe impl<F: Float> SimdVec for Scalar<F> {
         Scalar(self.0.exp_scalar())
     }
     #[inline(always)]
-    fn add_where_ne(self, e: Self, x: Self, m: Self) -> (Self, u32) {
-        if x.0 == m.0 {
-            (self, 1)
-        } else {
-            (Scalar(self.0 + e.0), 0)
-        }
-    }
-    #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
         if v.0 == F::ZERO {
             Scalar(F::ZERO)

@@ -231,8 +231,9 @@ impl<F: Float> Kernel for Ops<'_, F> {
             };
             let mv = V::splat(self.m);
             let ones = V::splat(F::ONE);
-            let (sum, eq) = V::splat(F::ZERO).add_where_ne(ones, v, mv);
-            self.res.push(eq as f64);
+            let zero = V::splat(F::ZERO);
+            let (sum, eq) = zero.add_split(zero, ones, v, mv);
+            self.res.push(eq.reduce_sum());
             self.res.push(sum.reduce_sum());
             self.res
                 .push(V::splat(F::NEG_INF).max_acc(v).reduce_max().to_f64());
