@@ -6,23 +6,39 @@
 
 use super::stats::Stats;
 use crate::error::{check_len, KernelError};
-use crate::parallel::{for_ranges, Shared};
+use crate::parallel::{for_blocks, for_ranges, Shared};
 use crate::simd::{Ahead, Float, Kernel, Scalar, SimdVec};
 use std::ops::Range;
 
-/// Steps per block. A block's two passes (maximum, then sum) read it twice, the second time
-/// from L1; what is read next is requested from memory during the second.
+/// Steps per block: the statistics of a block are settled (and, where its values reach the
+/// maximum, summed again from cache) as a whole.
 pub const COL_BLOCK: usize = 32;
+/// Steps per pass across a band: few enough rows at a time that the hardware prefetcher
+/// follows every one of them (at 32 rows a core reads DRAM at half the speed of one stream).
+pub const COL_PASS: usize = 8;
+/// Bytes ahead in each row that a pass requests while it computes.
+const READ_AHEAD: usize = 2048;
 /// Vectors side by side in the wide column kernel.
-pub const COL_WIDTH: usize = 8;
+pub const COL_WIDTH: usize = 4;
 
 /// Running statistics of `W·LANES` lanes: the maximum, kept in vectors from block to block,
 /// and how many values equal it and the sum of e^(x − m) over the others (see [`Stats`]).
-/// Each block sums in vectors; the totals are float64 per lane, since a float32 lane summing a
-/// column of a million values would lose digits.
+/// A block is summed in vectors; the totals are float64 per lane, since a float32 lane summing
+/// a column of a million values would lose digits.
+///
+/// Once every lane has a maximum, a block is read once: its sums are taken relative to the
+/// maxima so far while its own maxima are found. They stand where the block stays below those
+/// maxima, the usual case once a column's largest values have been seen (then no value equals
+/// the maximum, and none needs counting). A vector where the block reaches its maximum is
+/// summed again, relative to the new one, from cache.
 #[derive(Clone, Copy)]
 pub struct LaneStats<V, const W: usize> {
     m: [V; W],
+    /// The block's maxima and sums relative to `m` so far (the sums only when `ready`).
+    b: [V; W],
+    part: [V; W],
+    /// Every lane has a finite or +inf maximum, so sums relative to it mean something.
+    ready: bool,
     rest: [[f64; 16]; W],
     cnt: [[f64; 16]; W],
 }
@@ -31,8 +47,12 @@ impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
     /// The statistics of no values.
     #[inline(always)]
     fn default() -> Self {
+        let ninf = V::splat(V::F::NEG_INF);
         LaneStats {
-            m: [V::splat(V::F::NEG_INF); W],
+            m: [ninf; W],
+            b: [ninf; W],
+            part: [V::splat(V::F::ZERO); W],
+            ready: false,
             rest: [[0.0; 16]; W],
             cnt: [[0.0; 16]; W],
         }
@@ -41,49 +61,82 @@ impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
 
 impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     /// Folds steps `0..steps` of `W·LANES` adjacent lanes (each step `step` apart) into the
-    /// statistics. `ahead`, where the caller reads next in the same layout, is requested from
-    /// memory while this block is summed from cache.
+    /// statistics: one block.
     ///
     /// # Safety
     /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
+    #[inline(always)]
+    pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            self.read(x, steps, step);
+            self.settle(x, steps, step);
+        }
+    }
+
+    /// Reads steps `0..steps` into the open block.
+    ///
+    /// # Safety
+    /// As [`fold`](Self::fold).
     // The loops over `w` step through parallel arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize, ahead: Ahead) {
-        let (zero, one) = (V::splat(V::F::ZERO), V::splat(V::F::ONE));
-        let mut m = self.m;
-        for k in 0..steps {
-            for (w, mw) in m.iter_mut().enumerate() {
-                // SAFETY: in bounds by the caller's contract.
-                *mw = mw.max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
+    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize) {
+        let (m, mut b, mut part) = (self.m, self.b, self.part);
+        // The same rows further on, into L2: rows a power of two apart would evict one
+        // another from L1.
+        let ahead = Ahead::<true>::at(x.wrapping_add(READ_AHEAD / size_of::<V::F>()));
+        if self.ready {
+            for k in 0..steps {
+                for w in 0..W {
+                    ahead.touch(k * step + w * V::LANES);
+                    // SAFETY: in bounds by the caller's contract.
+                    let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
+                    b[w] = b[w].max_acc(xv);
+                    part[w] = part[w].add(xv.sub(m[w]).exp());
+                }
+            }
+        } else {
+            for k in 0..steps {
+                for w in 0..W {
+                    // SAFETY: as above.
+                    b[w] = b[w].max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
+                }
             }
         }
-        // Usually no maximum rises: one horizontal test for the whole strip.
-        let mut rose = zero;
+        (self.b, self.part) = (b, part);
+    }
+
+    /// Closes the block of steps `0..steps` from `x`, all of them read: its sums join the
+    /// totals, or are taken again where it reaches the maximum.
+    ///
+    /// # Safety
+    /// As [`fold`](Self::fold).
+    #[inline(always)]
+    unsafe fn settle(&mut self, x: *const V::F, steps: usize, step: usize) {
+        let (zero, one, ninf) = (V::splat(V::F::ZERO), V::splat(V::F::ONE), V::F::NEG_INF);
+        let mut unready = zero;
         for w in 0..W {
-            rose = rose.add(V::where_eq(self.m[w], m[w], zero, one));
-        }
-        if rose.reduce_max() > V::F::ZERO {
-            for w in 0..W {
-                self.rescale(w, m[w]);
+            let top = self.m[w].max_acc(self.b[w]);
+            // Where the block reaches the maximum, a value may equal it: summed apart.
+            let reach = V::where_eq(self.b[w], top, one, zero).reduce_max() > V::F::ZERO;
+            if !self.ready || reach {
+                if V::where_eq(self.m[w], top, zero, one).reduce_max() > V::F::ZERO {
+                    self.rescale(w, top);
+                }
+                self.m[w] = top;
+                // SAFETY: the caller's contract, for vector w's lanes.
+                let (r, c) = unsafe { sum_split(x.add(w * V::LANES), steps, step, top) };
+                add_lanes(&mut self.rest[w], r);
+                add_lanes(&mut self.cnt[w], c);
+            } else {
+                add_lanes(&mut self.rest[w], self.part[w]);
             }
+            unready = unready.add(V::where_eq(self.m[w], V::splat(ninf), one, zero));
+            self.b[w] = V::splat(ninf);
+            self.part[w] = zero;
         }
-        self.m = m;
-        let (mut rest, mut cnt) = ([zero; W], [zero; W]);
-        for k in 0..steps {
-            for w in 0..W {
-                let off = k * step + w * V::LANES;
-                ahead.touch(off);
-                // SAFETY: as above.
-                let xv = unsafe { V::load(x.add(off)) };
-                let e = xv.sub(m[w]).exp();
-                (rest[w], cnt[w]) = rest[w].add_split(cnt[w], e, xv, m[w]);
-            }
-        }
-        for w in 0..W {
-            add_lanes(&mut self.rest[w], rest[w]);
-            add_lanes(&mut self.cnt[w], cnt[w]);
-        }
+        self.ready = unready.reduce_max() == V::F::ZERO;
     }
 
     /// Where vector `w`'s maximum rises to `new`, the totals so far shrink by e^(old − new)
@@ -154,6 +207,22 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     }
 }
 
+/// Σ e^(x − m) over x ≠ m and how many x = m, lane by lane, over `steps` vectors `step` apart.
+///
+/// # Safety
+/// `x + k·step + j` must be readable for k < steps, j < LANES.
+#[inline(always)]
+unsafe fn sum_split<V: SimdVec>(x: *const V::F, steps: usize, step: usize, m: V) -> (V, V) {
+    let zero = V::splat(V::F::ZERO);
+    let (mut rest, mut cnt) = (zero, zero);
+    for k in 0..steps {
+        // SAFETY: in bounds by the caller's contract.
+        let xv = unsafe { V::load(x.add(k * step)) };
+        (rest, cnt) = rest.add_split(cnt, xv.sub(m).exp(), xv, m);
+    }
+    (rest, cnt)
+}
+
 /// A vector's lanes in an array (the first LANES of 16).
 #[inline(always)]
 fn lanes<V: SimdVec>(v: V) -> [V::F; 16] {
@@ -169,6 +238,25 @@ fn add_lanes<V: SimdVec>(total: &mut [f64; 16], v: V) {
     for (t, x) in total[..V::LANES].iter_mut().zip(&lanes(v)[..V::LANES]) {
         *t += x.to_f64();
     }
+}
+
+/// Runs `body` on every strip `s` of `strips` in column order, `c` its first column.
+macro_rules! each_strip {
+    ($strips:expr, $iter:ident, |$s:ident, $c:ident| $body:expr) => {{
+        let mut $c = 0;
+        for $s in $strips.wide.$iter() {
+            $body;
+            $c += COL_WIDTH * V::LANES;
+        }
+        for $s in $strips.one.$iter() {
+            $body;
+            $c += V::LANES;
+        }
+        for $s in $strips.scalar.$iter() {
+            $body;
+            $c += 1;
+        }
+    }};
 }
 
 /// The running statistics of a band of adjacent columns, split into strips of the widest
@@ -196,81 +284,137 @@ impl<V: SimdVec> Strips<V> {
         }
     }
 
-    /// Folds steps `0..steps` of the band's columns, starting at `x`.
+    /// Reads steps `0..steps` of the band's columns, starting at `x`, into the open block.
     ///
     /// # Safety
     /// `x + k·step + c` must be readable for k < steps and every column c of the band.
     #[inline(always)]
-    unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize, ahead: Ahead) {
-        let mut c = 0;
+    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize) {
         // SAFETY: every strip lies inside the band (caller's contract).
-        unsafe {
-            // Each strip requests the one after it; the band's last strip, `ahead`.
-            let strips = self.wide.len() + self.one.len() + self.scalar.len();
-            let mut i = 0;
-            let mut next = |c: usize| {
-                i += 1;
-                if i < strips {
-                    Ahead::at(x.wrapping_add(c))
-                } else {
-                    ahead
-                }
-            };
-            for s in &mut self.wide {
-                let a = next(c + COL_WIDTH * V::LANES);
-                s.fold(x.add(c), steps, step, a);
-                c += COL_WIDTH * V::LANES;
-            }
-            for s in &mut self.one {
-                let a = next(c + V::LANES);
-                s.fold(x.add(c), steps, step, a);
-                c += V::LANES;
-            }
-            for s in &mut self.scalar {
-                let a = next(c + 1);
-                s.fold(x.add(c), steps, step, a);
-                c += 1;
-            }
-        }
+        each_strip!(self, iter_mut, |s, c| unsafe {
+            s.read(x.add(c), steps, step)
+        });
+    }
+
+    /// Closes the block of steps `0..steps` from `x`, all of them read.
+    ///
+    /// # Safety
+    /// As [`read`](Self::read).
+    #[inline(always)]
+    unsafe fn settle(&mut self, x: *const V::F, steps: usize, step: usize) {
+        // SAFETY: every strip lies inside the band (caller's contract).
+        each_strip!(self, iter_mut, |s, c| unsafe {
+            s.settle(x.add(c), steps, step)
+        });
     }
 
     /// Every column's log-sum-exp, in column order.
     #[inline(always)]
     fn write_lse(&self, out: &mut [V::F]) {
-        let mut c = 0;
-        for s in &self.wide {
-            s.write_lse(&mut out[c..]);
-            c += COL_WIDTH * V::LANES;
-        }
-        for s in &self.one {
-            s.write_lse(&mut out[c..]);
-            c += V::LANES;
-        }
-        for s in &self.scalar {
-            s.write_lse(std::slice::from_mut(&mut out[c]));
-            c += 1;
+        each_strip!(self, iter, |s, c| s.write_lse(&mut out[c..]));
+    }
+
+    /// Every column's statistics, in column order.
+    #[inline(always)]
+    fn write(&self, out: &mut [Stats]) {
+        each_strip!(self, iter, |s, c| s.write(&mut out[c..]));
+    }
+}
+
+/// Steps per band. A long reduction is cut into bands of this many steps, reduced apart and
+/// merged in band order, so that each task can read whole rows; the cut depends on the shape
+/// alone, never on the thread count, so neither do the results.
+const BAND: usize = 8192;
+
+/// Columns per task unit, at most: the running statistics of one unit (28 bytes a column)
+/// stay in L2.
+const MAX_GROUP: usize = 4096;
+
+/// How the work is cut: `bands` bands of steps per slab, each cut into units of `group`
+/// columns. Units are as wide as there are enough of them for every thread to take two:
+/// the wider a task's rows, the faster a core reads them. Columns never interact, so the width
+/// changes no result.
+struct Layout {
+    bands: usize,
+    group: usize,
+    groups: usize,
+}
+
+impl Layout {
+    fn new(outer: usize, steps: usize, inner: usize) -> Layout {
+        let bands = steps.div_ceil(BAND);
+        let per_slab = (2 * crate::parallel::num_threads()).div_ceil(outer * bands);
+        let group = inner
+            .div_ceil(per_slab)
+            .next_multiple_of(128)
+            .min(MAX_GROUP);
+        Layout {
+            bands,
+            group,
+            groups: inner.div_ceil(group),
         }
     }
 }
 
-/// Columns per task unit, at most: a block's rows are then read in runs of 4 KiB (float32).
-const MAX_GROUP: usize = 1024;
-
-/// Columns per task unit: whole cache lines of every step, as wide as `MAX_GROUP` when there
-/// are enough units for every thread. Columns never interact, so the width changes no result.
-fn group_width(outer: usize, inner: usize) -> usize {
-    let tasks = 2 * crate::parallel::num_threads();
-    let per_task = (outer * inner).div_ceil(tasks).div_ceil(outer);
-    per_task.next_multiple_of(128).min(MAX_GROUP)
+/// Where a task's results go: the log-sum-exp itself when a reduction is one band, else the
+/// statistics of each band, merged afterwards.
+enum Sink<'a, F> {
+    Lse(&'a Shared<F>),
+    Bands(&'a Shared<Stats>),
 }
 
 struct Cols<'a, F> {
     x: &'a [F],
     steps: usize,
     inner: usize,
-    group: usize,
-    out: &'a Shared<F>,
+    layout: &'a Layout,
+    sink: &'a Sink<'a, F>,
     units: Range<usize>,
+}
+
+impl<F: Float> Cols<'_, F> {
+    /// Reduces steps `k` of columns `cols` of slab `o` (a band of whole rows), and hands the
+    /// results to the sink at index `at` on.
+    #[inline(always)]
+    fn band<V: SimdVec<F = F>>(&self, o: usize, k: Range<usize>, cols: Range<usize>, at: usize) {
+        let mut strips = Strips::<V>::new(cols.len());
+        let base = |k: usize| (o * self.steps + k) * self.inner + cols.start;
+        let x = self.x.as_ptr();
+        // Each block is read `COL_PASS` rows at a time across the band, then settled.
+        let mut k0 = k.start;
+        while k0 < k.end {
+            let kn = COL_BLOCK.min(k.end - k0);
+            let mut p0 = k0;
+            while p0 < k0 + kn {
+                let pn = COL_PASS.min(k0 + kn - p0);
+                // SAFETY: steps p0..p0 + pn of columns `cols` of slab o lie inside `x`,
+                // whose length was checked.
+                unsafe { strips.read(x.add(base(p0)), pn, self.inner) };
+                p0 += pn;
+            }
+            // SAFETY: as above, steps k0..k0 + kn.
+            unsafe { strips.settle(x.add(base(k0)), kn, self.inner) };
+            k0 += kn;
+        }
+        match self.sink {
+            Sink::Lse(out) => {
+                let mut lse = vec![F::ZERO; cols.len()];
+                strips.write_lse(&mut lse);
+                for (c, v) in lse.into_iter().enumerate() {
+                    // SAFETY: each index belongs to one unit.
+                    unsafe { out.set(at + c, v) };
+                }
+            }
+            Sink::Bands(out) => {
+                let mut st = vec![Stats::EMPTY; cols.len()];
+                strips.write(&mut st);
+                for (c, v) in st.into_iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe { out.set(at + c, v) };
+                }
+            }
+        }
+    }
 }
 
 impl<F: Float> Kernel for Cols<'_, F> {
@@ -278,46 +422,26 @@ impl<F: Float> Kernel for Cols<'_, F> {
     type Out = ();
     #[inline(always)]
     fn run<V: SimdVec<F = F>>(self) {
-        let group = self.group;
-        let groups = self.inner.div_ceil(group);
-        // Unit u: slab o, columns c0..c0 + width.
-        let unit = |u: usize| {
-            let (o, c0) = (u / groups, (u % groups) * group);
-            (o, c0, group.min(self.inner - c0))
-        };
-        let base = |u: usize, k0: usize| {
-            let (o, c0, _) = unit(u);
-            (o * self.steps + k0) * self.inner + c0
-        };
-        let mut strips: Vec<Strips<V>> =
-            self.units.clone().map(|u| Strips::new(unit(u).2)).collect();
-        // Blocks of steps outermost: the task reads a band of whole rows at a time, so DRAM
-        // pages and TLB entries serve every column group before the band is left.
-        let mut k0 = 0;
-        while k0 < self.steps {
-            let kn = COL_BLOCK.min(self.steps - k0);
-            for (u, s) in self.units.clone().zip(&mut strips) {
-                // The next unit of this block, or the first of the next block.
-                let next = if u + 1 < self.units.end {
-                    base(u + 1, k0)
-                } else {
-                    base(self.units.start, k0 + kn)
-                };
-                let ahead = Ahead::at(self.x.as_ptr().wrapping_add(next));
-                // SAFETY: columns c0..c0 + width < inner of slab o, steps k0..k0 + kn: inside
-                // `x`, whose length was checked.
-                unsafe { s.fold(self.x.as_ptr().add(base(u, k0)), kn, self.inner, ahead) };
-            }
-            k0 += kn;
-        }
-        let mut lse = vec![F::ZERO; group];
-        for (u, s) in self.units.zip(&strips) {
-            let (o, c0, width) = unit(u);
-            s.write_lse(&mut lse);
-            for (c, v) in lse[..width].iter().enumerate() {
-                // SAFETY: each (slab, column) belongs to one unit.
-                unsafe { self.out.set(o * self.inner + c0 + c, *v) };
-            }
+        let Layout {
+            bands,
+            group,
+            groups,
+        } = *self.layout;
+        // Unit u: column group u % groups of slab u / groups, itself band b of slab o. The
+        // task's units of one slab are adjacent columns: one band, read together.
+        let mut u = self.units.start;
+        while u < self.units.end {
+            let slab = u / groups;
+            let end = self.units.end.min((slab + 1) * groups);
+            let (o, b) = (slab / bands, slab % bands);
+            let k = b * BAND..self.steps.min((b + 1) * BAND);
+            let cols = (u % groups) * group..self.inner.min((end - slab * groups) * group);
+            let at = match self.sink {
+                Sink::Lse(_) => o * self.inner,
+                Sink::Bands(_) => slab * self.inner,
+            } + cols.start;
+            self.band::<V>(o, k, cols, at);
+            u = end;
         }
     }
 }
@@ -338,19 +462,39 @@ pub fn logsumexp_axis<F: Float>(
         // The log-sum-exp of one value is that value (NaN and ±inf included).
         1 => out.copy_from_slice(x),
         _ => {
-            let group = group_width(outer, inner);
-            let units = outer * inner.div_ceil(group);
+            let layout = Layout::new(outer, steps, inner);
+            let bands = layout.bands;
+            let units = outer * bands * layout.groups;
             let shared = Shared::new(out);
-            for_ranges(units, |units| {
-                F::dispatch(Cols {
-                    x,
-                    steps,
-                    inner,
-                    group,
-                    out: &shared,
-                    units,
+            let run = |sink: &Sink<F>| {
+                for_ranges(units, |units| {
+                    F::dispatch(Cols {
+                        x,
+                        steps,
+                        inner,
+                        layout: &layout,
+                        sink,
+                        units,
+                    })
                 })
-            });
+            };
+            if bands == 1 {
+                run(&Sink::Lse(&shared));
+            } else {
+                let mut parts = vec![Stats::EMPTY; outer * bands * inner];
+                run(&Sink::Bands(&Shared::new(&mut parts)));
+                // Bands merge in order: the result is the same for every thread count.
+                let parts = &parts;
+                for_blocks(outer * inner, bands, |r| {
+                    for i in r {
+                        let (o, c) = (i / inner, i % inner);
+                        let at = |b: usize| parts[(o * bands + b) * inner + c];
+                        let s = (1..bands).fold(at(0), |s, b| s.merge(at(b)));
+                        // SAFETY: each index belongs to one range.
+                        unsafe { shared.set(i, F::from_f64(s.m + s.l())) };
+                    }
+                });
+            }
         }
     }
     Ok(())

@@ -329,7 +329,7 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
                 }
             }
             let mut ls = LaneStats::<V, 1>::default();
-            ls.fold(buf.as_ptr(), cols, lanes, Ahead::NONE);
+            ls.fold(buf.as_ptr(), cols, lanes);
             ls.write(&mut stats);
             let mut l = [T::F::ZERO; 16];
             ls.l(0).store(l.as_mut_ptr());

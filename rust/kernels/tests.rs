@@ -210,6 +210,62 @@ fn logsumexp_axis_matches_reference_across_blocks() {
 }
 
 #[test]
+fn logsumexp_axis_edge_values_in_every_kind_of_strip() {
+    let mut rng = Rng(17);
+    // Columns in a wide strip, a single vector and scalar lanes (on AVX-512 float32: 2 wide
+    // strips of 64, one vector of 16, 3 lanes), beside columns of ordinary values, so that
+    // one lane waits for its first finite value while the others are summed in one pass.
+    let inner = 147;
+    let cols = [5, 64 + 17, 140, 146];
+    let check = |x: &[f64], steps: usize, what: &str| {
+        let mut out = vec![0f64; inner];
+        logsumexp_axis(x, 1, steps, inner, &mut out).unwrap();
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let r32: Vec<f64> = x32.iter().map(|&v| v as f64).collect();
+        let mut o32 = vec![0f32; inner];
+        logsumexp_axis(&x32, 1, steps, inner, &mut o32).unwrap();
+        for j in 0..inner {
+            let want = ref_lse(&column(x, steps, inner, 0, j));
+            close(out[j], want, 1e-14, &format!("{what} column {j}"));
+            let want = ref_lse(&column(&r32, steps, inner, 0, j));
+            close(o32[j] as f64, want, 3e-7, &format!("{what} f32 column {j}"));
+        }
+    };
+    each_tier(|tier| {
+        for (vals, _) in edge_cases() {
+            // The values 37 steps apart (in different blocks), −inf between them, and ordinary
+            // blocks after them.
+            let steps = 37 * vals.len() + 70;
+            let mut x: Vec<f64> = (0..steps * inner).map(|_| rng.normal()).collect();
+            for &j in &cols {
+                for k in 0..steps {
+                    x[k * inner + j] = f64::NEG_INFINITY;
+                }
+                for (i, v) in vals.iter().enumerate() {
+                    x[(37 * i + 36) * inner + j] = *v;
+                }
+            }
+            check(&x, steps, &format!("{tier:?} {vals:?}"));
+        }
+        // A maximum met again exactly many blocks later (it must be counted, not summed), and
+        // a dominant value arriving after hundreds of steps below it.
+        let steps = 700;
+        let mut x: Vec<f64> = (0..steps * inner)
+            .map(|_| -1.0 - rng.normal().abs())
+            .collect();
+        for &j in &cols {
+            x[3 * inner + j] = 2.0;
+            x[300 * inner + j] = 2.0;
+        }
+        for k in 0..steps {
+            x[k * inner + 7] = -60.0;
+        }
+        x[500 * inner + 7] = 10.0;
+        check(&x, steps, &format!("{tier:?} repeated and late maxima"));
+    });
+}
+
+#[test]
 fn softmax_and_log_softmax_match_reference() {
     let mut rng = Rng(11);
     each_tier(|tier| {
@@ -615,6 +671,20 @@ fn results_do_not_depend_on_the_thread_count() {
         };
         let one = run(1);
         assert!(one == run(2) && one == run(3), "rows={rows} cols={cols}");
+    } // A reduction long enough to be cut into bands, and one that is not.
+    for (steps, inner) in [(20_000, 37), (300, 1000)] {
+        let x: Vec<f32> = (0..steps * inner).map(|_| rng.normal() as f32).collect();
+        let run = |threads| {
+            crate::parallel::set_num_threads(threads);
+            let mut out = vec![0f32; inner];
+            logsumexp_axis(&x, 1, steps, inner, &mut out).unwrap();
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let one = run(1);
+        assert!(
+            one == run(2) && one == run(3),
+            "steps={steps} inner={inner}"
+        );
     }
 }
 

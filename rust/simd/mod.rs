@@ -20,21 +20,25 @@ pub use scalar::Scalar;
 /// Memory a loop's caller reads next, requested while the loop computes on data already in
 /// cache. Without it a block's loads (from DRAM) and its arithmetic (from cache) take turns
 /// instead of overlapping, and a core runs at about half its speed.
+///
+/// `L2` requests the lines into L2 only: for a loop that reads the lines it requests
+/// itself, later, in a pattern whose lines would evict one another from L1 (rows a power of
+/// two apart share L1 sets).
 #[derive(Clone, Copy)]
-pub struct Ahead {
+pub struct Ahead<const L2: bool = false> {
     base: *const u8,
     /// Bytes per element; 0 requests nothing.
     elem: usize,
 }
 
-impl Ahead {
-    pub const NONE: Ahead = Ahead {
+impl<const L2: bool> Ahead<L2> {
+    pub const NONE: Self = Ahead {
         base: std::ptr::null(),
         elem: 0,
     };
 
     /// Elements of `T` from `p` on (any address: a request never faults).
-    pub fn at<T>(p: *const T) -> Ahead {
+    pub fn at<T>(p: *const T) -> Self {
         Ahead {
             base: p.cast(),
             elem: size_of::<T>(),
@@ -46,18 +50,23 @@ impl Ahead {
     #[inline(always)]
     pub fn touch(self, i: usize) {
         if !self.base.is_null() {
-            prefetch(self.base.wrapping_add(i * self.elem));
+            prefetch::<L2>(self.base.wrapping_add(i * self.elem));
         }
     }
 }
 
 /// Asks the memory system for the cache line holding `p`, a hint with no effect on results.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+fn prefetch<const L2: bool>(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86_64.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if L2 {
+            _mm_prefetch::<_MM_HINT_T1>(p.cast())
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast())
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
