@@ -7,16 +7,67 @@
 use std::any::Any;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Elements a task should cover at least (256 KiB of float32), so scheduling is amortized.
 pub const TASK_ELEMS: usize = 1 << 16;
+
+/// How long a worker that finished its tasks keeps watching for the next call's before it
+/// returns to the pool, where it sleeps. Waking a sleeping thread on a virtual machine takes
+/// tens of microseconds, longer than a kernel on a row in cache; a worker still watching
+/// joins the next call at once. The cost is this much spinning on an idle core after a call.
+const LINGER: Duration = Duration::from_micros(200);
 
 struct Pool {
     pid: u32,
     threads: usize,
     pool: Arc<rayon::ThreadPool>,
+    board: Arc<Board>,
+}
+
+/// Where a call posts its tasks for workers still watching after the previous call. One per
+/// pool, so that a forked child (with a new pool) never touches a lock that a thread of its
+/// parent may have held.
+#[derive(Default)]
+struct Board {
+    latest: Mutex<Option<Arc<Tasks>>>,
+    /// Calls posted so far.
+    posted: AtomicU64,
+    /// Workers watching now.
+    watching: AtomicUsize,
+}
+
+impl Board {
+    /// A worker's job: the tasks it was spawned for, then those of each call posted while it
+    /// watches, until `LINGER` passes without one.
+    fn serve(&self, first: Arc<Tasks>) {
+        let mut seen = self.posted.load(Ordering::Acquire);
+        first.work();
+        drop(first);
+        self.watching.fetch_add(1, Ordering::AcqRel);
+        let mut since = Instant::now();
+        loop {
+            let posted = self.posted.load(Ordering::Acquire);
+            if posted != seen {
+                seen = posted;
+                let latest = self
+                    .latest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(t) = latest {
+                    t.work();
+                }
+                since = Instant::now();
+            } else if since.elapsed() > LINGER {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.watching.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -41,13 +92,13 @@ pub fn set_num_threads(n: usize) {
     *REQUESTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(n.max(1));
 }
 
-fn pool() -> Arc<rayon::ThreadPool> {
+fn pool() -> (Arc<rayon::ThreadPool>, Arc<Board>) {
     let threads = num_threads();
     let pid = std::process::id();
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = guard.as_ref() {
         if p.pid == pid && p.threads == threads {
-            return p.pool.clone();
+            return (p.pool.clone(), p.board.clone());
         }
     }
     if let Some(old) = guard.take() {
@@ -64,12 +115,14 @@ fn pool() -> Arc<rayon::ThreadPool> {
             .build()
             .expect("building a thread pool"),
     );
+    let board = Arc::new(Board::default());
     *guard = Some(Pool {
         pid,
         threads,
         pool: pool.clone(),
+        board: board.clone(),
     });
-    pool
+    (pool, board)
 }
 
 /// The tasks of one [`run_tasks`] call, shared with the pool's workers.
@@ -116,7 +169,8 @@ impl Tasks {
 /// The calling thread works too and never waits for a worker that has not started: a worker
 /// woken late finds no task left and returns without touching the closure. Waking a sleeping
 /// thread on a virtual machine can take longer than a short kernel, so a short call runs at
-/// the caller's speed instead of waiting for the wake-up.
+/// the caller's speed instead of waiting for the wake-up; workers still watching after the
+/// previous call (see [`LINGER`]) join at once, and only the others are woken.
 fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
     let threads = num_threads().min(n);
     if threads <= 1 {
@@ -135,10 +189,14 @@ fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
         task,
         panic: Mutex::new(None),
     });
-    let pool = pool();
-    for _ in 1..threads {
-        let t = tasks.clone();
-        pool.spawn(move || t.work());
+    let (pool, board) = pool();
+    *board.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks.clone());
+    board.posted.fetch_add(1, Ordering::AcqRel);
+    // A watcher that stops just now leaves its share to the caller: slower, never wrong.
+    let watching = board.watching.load(Ordering::Acquire).min(threads - 1);
+    for _ in watching + 1..threads {
+        let (t, b) = (tasks.clone(), board.clone());
+        pool.spawn(move || b.serve(t));
     }
     tasks.work();
     let mut spins = 0u32;
@@ -148,6 +206,12 @@ fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
+        }
+    }
+    {
+        let mut latest = board.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.as_ref().is_some_and(|t| Arc::ptr_eq(t, &tasks)) {
+            *latest = None;
         }
     }
     let panic = tasks.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -225,6 +289,26 @@ mod tests {
                 "n = {n}"
             );
         }
+    }
+
+    #[test]
+    fn calls_from_several_threads_back_to_back_each_run_every_task_once() {
+        // Workers watching after one call pick up the next, whichever thread posts it; a
+        // call whose tasks another caller's watcher never sees still completes.
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                s.spawn(move || {
+                    for call in 0..300 {
+                        let n = 1 + (call * 7 + t) % 13;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        run_tasks(n, |i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
     }
 
     #[test]
