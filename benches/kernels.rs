@@ -5,8 +5,8 @@
 //! arithmetic), next to a plain threaded sum of the same array (the read ceiling).
 
 use mlecore::{
-    cross_entropy, cross_entropy_with_grad, logsumexp_rows, set_tier, CeOptions, GradIo, Reduction,
-    Target, Tier,
+    cross_entropy, cross_entropy_with_grad, logsumexp_axis, logsumexp_rows, set_tier, CeOptions,
+    GradIo, Reduction, Target, Tier,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -100,6 +100,16 @@ fn main() {
             let mut out = vec![0f32; rows];
             let ms = median_ms(reps, || logsumexp_rows(&x, cols, &mut out).unwrap());
             report(&format!("{tier:?} logsumexp"), bytes, ms, Some(ceiling));
+            // The same memory as a (cols, rows) array, reduced over its leading axis.
+            let ms = median_ms(reps, || {
+                logsumexp_axis(&x, 1, cols, rows, &mut out).unwrap()
+            });
+            report(
+                &format!("{tier:?} logsumexp axis=0"),
+                bytes,
+                ms,
+                Some(ceiling),
+            );
             let (mut loss, mut lse) = (vec![0f64; rows], vec![0f32; rows]);
             let opts = CeOptions::default();
             let ms = median_ms(reps, || {
