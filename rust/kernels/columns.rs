@@ -461,6 +461,8 @@ pub fn logsumexp_axis<F: Float>(
         0 => out.fill(F::NEG_INF),
         // The log-sum-exp of one value is that value (NaN and ±inf included).
         1 => out.copy_from_slice(x),
+        // No column (outer or inner is 0): nothing to write, and no layout to cut.
+        _ if out.is_empty() => {}
         _ => {
             let layout = Layout::new(outer, steps, inner);
             let bands = layout.bands;

@@ -181,6 +181,16 @@ fn logsumexp_axis_matches_reference_across_blocks() {
                 }
             }
         }
+        // Empty slabs and columns.
+        for (outer, steps, inner) in [(0, 5, 3), (2, 5, 0), (0, 0, 0), (3, 0, 2)] {
+            let x = vec![0f32; outer * steps * inner];
+            let mut out = vec![7f32; outer * inner];
+            logsumexp_axis(&x, outer, steps, inner, &mut out).unwrap();
+            assert!(
+                out.iter().all(|&v| v == f32::NEG_INFINITY),
+                "{outer}×{steps}×{inner}"
+            );
+        }
         // A long float32 column of similar terms: its sum must not lose digits to a float32
         // running total (one lane summing 300000 terms did, by 1e-5 relative).
         let (steps, inner) = (300_000, 17);
@@ -194,17 +204,25 @@ fn logsumexp_axis_matches_reference_across_blocks() {
             let want = ref_lse(&column(&x64, steps, inner, 0, j));
             close(*o as f64, want, 2e-7, &format!("{tier:?} long column {j}"));
         }
-        // The edge cases down a column, their values 37 steps apart (in different blocks),
-        // −inf between them.
-        for (vals, want) in edge_cases() {
-            let steps = 37 * vals.len();
+        // The edge cases down a column, their values 37 steps apart (in different blocks) or
+        // 9001 apart (in different bands, merged), −inf between them.
+        for ((vals, want), gap) in edge_cases()
+            .into_iter()
+            .flat_map(|c| [(c.clone(), 37), (c, 9001)])
+        {
+            let steps = gap * vals.len();
             let mut x = vec![f64::NEG_INFINITY; steps];
             for (i, v) in vals.iter().enumerate() {
-                x[37 * i + 36] = *v;
+                x[gap * i + gap - 1] = *v;
             }
             let mut out = [0f64];
             logsumexp_axis(&x, 1, steps, 1, &mut out).unwrap();
-            close(out[0], want, 1e-15, &format!("{tier:?} column {vals:?}"));
+            close(
+                out[0],
+                want,
+                1e-15,
+                &format!("{tier:?} column {vals:?}, gap {gap}"),
+            );
         }
     });
 }
