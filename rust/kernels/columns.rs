@@ -7,7 +7,7 @@
 use super::stats::Stats;
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, for_ranges, Shared};
-use crate::simd::{Ahead, Float, Kernel, Scalar, SimdVec};
+use crate::simd::{Ahead, Float, Kernel, RowStream, Scalar, SimdVec};
 use std::ops::Range;
 
 /// Steps per block: the statistics of a block are settled (and, where its values reach the
@@ -69,7 +69,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize) {
         // SAFETY: the caller's contract, passed on.
         unsafe {
-            self.read(x, steps, step);
+            self.read(x, steps, step, &mut RowStream::none());
             self.settle(x, steps, step);
         }
     }
@@ -81,15 +81,17 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     // The loops over `w` step through parallel arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize) {
+    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize, next: &mut RowStream) {
         let (m, mut b, mut part) = (self.m, self.b, self.part);
-        // The same rows further on, into L2: rows a power of two apart would evict one
-        // another from L1.
+        // Two requests per vector, both into L2 (rows a power of two apart would evict one
+        // another from L1): the same rows further on, and the next pass's rows in memory
+        // order.
         let ahead = Ahead::<true>::at(x.wrapping_add(READ_AHEAD / size_of::<V::F>()));
         if self.ready {
             for k in 0..steps {
                 for w in 0..W {
                     ahead.touch(k * step + w * V::LANES);
+                    next.next();
                     // SAFETY: in bounds by the caller's contract.
                     let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
                     b[w] = b[w].max_acc(xv);
@@ -99,6 +101,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
         } else {
             for k in 0..steps {
                 for w in 0..W {
+                    next.next();
                     // SAFETY: as above.
                     b[w] = b[w].max_acc(unsafe { V::load(x.add(k * step + w * V::LANES)) });
                 }
@@ -289,10 +292,10 @@ impl<V: SimdVec> Strips<V> {
     /// # Safety
     /// `x + k·step + c` must be readable for k < steps and every column c of the band.
     #[inline(always)]
-    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize) {
+    unsafe fn read(&mut self, x: *const V::F, steps: usize, step: usize, next: &mut RowStream) {
         // SAFETY: every strip lies inside the band (caller's contract).
         each_strip!(self, iter_mut, |s, c| unsafe {
-            s.read(x.add(c), steps, step)
+            s.read(x.add(c), steps, step, next)
         });
     }
 
@@ -387,9 +390,17 @@ impl<F: Float> Cols<'_, F> {
             let mut p0 = k0;
             while p0 < k0 + kn {
                 let pn = COL_PASS.min(k0 + kn - p0);
+                // The pass after this one, requested while this one computes.
+                let after = (p0 + pn)..k.end.min(p0 + pn + COL_PASS);
+                let mut next = RowStream::new(
+                    x.wrapping_add(base(after.start)),
+                    cols.len(),
+                    self.inner,
+                    after.len(),
+                );
                 // SAFETY: steps p0..p0 + pn of columns `cols` of slab o lie inside `x`,
                 // whose length was checked.
-                unsafe { strips.read(x.add(base(p0)), pn, self.inner) };
+                unsafe { strips.read(x.add(base(p0)), pn, self.inner, &mut next) };
                 p0 += pn;
             }
             // SAFETY: as above, steps k0..k0 + kn.

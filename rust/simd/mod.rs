@@ -55,6 +55,65 @@ impl<const L2: bool> Ahead<L2> {
     }
 }
 
+/// The lines of a band of row segments, requested into L2 one per call in memory order,
+/// whatever order the caller reads in. A loop that walks a pass of rows down its columns calls
+/// it once per vector with the next pass's rows: the memory system then sees one stream at a
+/// time, as from a loop over rows.
+pub struct RowStream {
+    line: *const u8,
+    row: *const u8,
+    /// Lines left in this row, lines per row, bytes from row to row, rows left.
+    left: usize,
+    lines: usize,
+    step: usize,
+    rows: usize,
+}
+
+impl RowStream {
+    /// A stream that requests nothing.
+    pub fn none() -> RowStream {
+        RowStream::new(std::ptr::null::<u8>(), 0, 0, 0)
+    }
+
+    /// `rows` segments of `len` elements from `p` on, `step` elements apart (any address: a
+    /// request never faults).
+    pub fn new<T>(p: *const T, len: usize, step: usize, rows: usize) -> RowStream {
+        let (start, bytes) = (p as usize, len * size_of::<T>());
+        let lines = if bytes == 0 {
+            0
+        } else {
+            ((start + bytes - 1) >> 6) - (start >> 6) + 1
+        };
+        let row = p.cast::<u8>().wrapping_sub(start & 63);
+        RowStream {
+            line: row,
+            row,
+            left: lines,
+            lines,
+            step: step * size_of::<T>(),
+            rows: if lines == 0 { 0 } else { rows },
+        }
+    }
+
+    /// Requests the next line, if any is left.
+    #[inline(always)]
+    pub fn next(&mut self) {
+        if self.rows == 0 {
+            return;
+        }
+        prefetch::<true>(self.line);
+        self.left -= 1;
+        if self.left == 0 {
+            self.rows -= 1;
+            self.row = self.row.wrapping_add(self.step);
+            self.line = self.row;
+            self.left = self.lines;
+        } else {
+            self.line = self.line.wrapping_add(64);
+        }
+    }
+}
+
 /// Asks the memory system for the cache line holding `p`, a hint with no effect on results.
 #[inline(always)]
 fn prefetch<const L2: bool>(p: *const u8) {
