@@ -19,7 +19,7 @@ pub const COL_PASS: usize = 8;
 /// Bytes ahead in each row that a pass requests while it computes.
 const READ_AHEAD: usize = 2048;
 /// Vectors side by side in the wide column kernel.
-pub const COL_WIDTH: usize = 4;
+pub const COL_WIDTH: usize = 2;
 
 /// Running statistics of `W·LANES` lanes: the maximum, kept in vectors from block to block,
 /// and how many values equal it and the sum of e^(x − m) over the others (see [`Stats`]).
@@ -329,7 +329,7 @@ impl<V: SimdVec> Strips<V> {
 /// alone, never on the thread count, so neither do the results.
 const BAND: usize = 8192;
 
-/// Columns per task unit, at most: the running statistics of one unit (28 bytes a column)
+/// Columns per task unit, at most: the running statistics of one unit (30–60 bytes a column)
 /// stay in L2.
 const MAX_GROUP: usize = 4096;
 

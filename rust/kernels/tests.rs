@@ -230,8 +230,8 @@ fn logsumexp_axis_matches_reference_across_blocks() {
 #[test]
 fn logsumexp_axis_edge_values_in_every_kind_of_strip() {
     let mut rng = Rng(17);
-    // Columns in a wide strip, a single vector and scalar lanes (on AVX-512 float32: 2 wide
-    // strips of 64, one vector of 16, 3 lanes), beside columns of ordinary values, so that
+    // Columns in a wide strip, a single vector and scalar lanes (on AVX-512 float32: 4 wide
+    // strips of 32, one vector of 16, 3 lanes), beside columns of ordinary values, so that
     // one lane waits for its first finite value while the others are summed in one pass.
     let inner = 147;
     let cols = [5, 64 + 17, 140, 146];
