@@ -17,6 +17,13 @@ def set_num_threads(n: int) -> None:
         At least 1. Results do not depend on it: per-row values and reductions are computed
         in a fixed order.
 
+    Notes
+    -----
+    The calling thread is one of the ``n``; the other ``n - 1`` are mlecore's own workers.
+    After a call, a worker keeps watching for the next one for up to 200 µs before it
+    sleeps, because waking a sleeping thread takes about that long on a virtual machine and
+    would leave short calls to the calling thread alone.
+
     Examples
     --------
     >>> import mlecore
