@@ -21,8 +21,8 @@ def set_num_threads(n: int) -> None:
     -----
     The calling thread is one of the ``n``; the other ``n - 1`` are mlecore's own workers.
     After a call, a worker keeps watching for the next one for up to 200 µs before it
-    sleeps, because waking a sleeping thread takes about that long on a virtual machine and
-    would leave short calls to the calling thread alone.
+    sleeps: waking a sleeping thread takes tens of microseconds on a virtual machine, as
+    long as a short call, which the calling thread would then do alone.
 
     Examples
     --------
