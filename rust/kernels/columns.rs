@@ -74,7 +74,8 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
         }
     }
 
-    /// Reads steps `0..steps` into the open block.
+    /// Reads steps `0..steps` into the open block, requesting one line of `next` (what the
+    /// caller reads after these steps) per vector.
     ///
     /// # Safety
     /// As [`fold`](Self::fold).
