@@ -8,7 +8,7 @@ use std::any::Any;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Elements a task should cover at least (256 KiB of float32), so scheduling is amortized.
@@ -73,12 +73,18 @@ impl Board {
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
 
+/// `MLECORE_NUM_THREADS`, else the cores available to the process: worked out once, the first
+/// time it is needed. `available_parallelism` reads the cgroup's CPU quota from files, about
+/// 27 µs here, which every kernel call paid two or three times over.
 fn default_threads() -> usize {
-    std::env::var("MLECORE_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        std::env::var("MLECORE_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }
 
 /// The number of threads kernels use.
@@ -92,8 +98,8 @@ pub fn set_num_threads(n: usize) {
     *REQUESTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(n.max(1));
 }
 
-fn pool() -> (Arc<rayon::ThreadPool>, Arc<Board>) {
-    let threads = num_threads();
+/// The pool for `threads` threads in all (the caller and `threads − 1` workers).
+fn pool(threads: usize) -> (Arc<rayon::ThreadPool>, Arc<Board>) {
     let pid = std::process::id();
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = guard.as_ref() {
@@ -172,7 +178,8 @@ impl Tasks {
 /// the caller's speed instead of waiting for the wake-up; workers still watching after the
 /// previous call (see [`LINGER`]) join at once, and only the others are woken.
 fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
-    let threads = num_threads().min(n);
+    let all = num_threads();
+    let threads = all.min(n);
     if threads <= 1 {
         (0..n).for_each(task);
         return;
@@ -189,7 +196,7 @@ fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
         task,
         panic: Mutex::new(None),
     });
-    let (pool, board) = pool();
+    let (pool, board) = pool(all);
     *board.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks.clone());
     board.posted.fetch_add(1, Ordering::AcqRel);
     // A watcher that stops just now leaves its share to the caller: slower, never wrong.

@@ -38,7 +38,7 @@ def get_num_threads() -> int:
     """The number of threads mlecore's kernels use.
 
     The default is the environment variable ``MLECORE_NUM_THREADS`` when set, else the
-    number of cores available to the process.
+    number of cores available to the process, both read the first time they are needed.
 
     Examples
     --------
