@@ -4,7 +4,7 @@
 //! buffer), where a row-at-a-time loop would spend its time on per-row overhead instead of
 //! arithmetic.
 
-use super::stats::Stats;
+use super::stats::{self, Stats};
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, for_ranges, Shared};
 use crate::simd::{Ahead, Float, Kernel, RowStream, Scalar, SimdVec};
@@ -150,18 +150,12 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     fn rescale(&mut self, w: usize, new: V) {
         let (old, new) = (lanes(self.m[w]), lanes(new));
         for l in 0..V::LANES {
-            let (o, n) = (old[l].to_f64(), new[l].to_f64());
-            if o != n {
-                // From −inf (no finite value yet, as in every fresh lane) the factor is 0:
-                // no libm call for it.
-                let f = if o == f64::NEG_INFINITY {
-                    0.0
-                } else {
-                    (o - n).exp()
-                };
-                self.rest[w][l] = (self.rest[w][l] + self.cnt[w][l]) * f;
-                self.cnt[w][l] = 0.0;
-            }
+            (self.cnt[w][l], self.rest[w][l]) = stats::rescaled(
+                self.cnt[w][l],
+                self.rest[w][l],
+                old[l].to_f64(),
+                new[l].to_f64(),
+            );
         }
     }
 

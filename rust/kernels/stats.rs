@@ -77,11 +77,7 @@ impl Stats {
     }
 
     fn rescaled(&self, m: f64) -> (f64, f64) {
-        if self.m == m {
-            (self.cnt, self.rest)
-        } else {
-            (0.0, (self.cnt + self.rest) * (self.m - m).exp())
-        }
+        rescaled(self.cnt, self.rest, self.m, m)
     }
 
     fn rebased_dot(&self, shift: f64) -> f64 {
@@ -90,6 +86,25 @@ impl Stats {
         } else {
             self.dot + self.vsum * (self.shift - shift)
         }
+    }
+}
+
+/// `(cnt, rest)` of a partial whose reference was `from`, taken relative to `to` ≥ `from`:
+/// where the reference rises, the sums shrink by e^(from − to) and the values equal to the old
+/// reference join the rest.
+#[inline(always)]
+pub fn rescaled(cnt: f64, rest: f64, from: f64, to: f64) -> (f64, f64) {
+    if from == to {
+        (cnt, rest)
+    } else {
+        // From −inf (no finite value yet, as in every fresh column lane) the factor is 0: no
+        // libm call for it.
+        let f = if from == f64::NEG_INFINITY {
+            0.0
+        } else {
+            (from - to).exp()
+        };
+        (0.0, (cnt + rest) * f)
     }
 }
 
