@@ -27,16 +27,11 @@ pub use scalar::Scalar;
 #[derive(Clone, Copy)]
 pub struct Ahead<const L2: bool = false> {
     base: *const u8,
-    /// Bytes per element; 0 requests nothing.
+    /// Bytes per element.
     elem: usize,
 }
 
 impl<const L2: bool> Ahead<L2> {
-    pub const NONE: Self = Ahead {
-        base: std::ptr::null(),
-        elem: 0,
-    };
-
     /// Elements of `T` from `p` on (any address: a request never faults).
     pub fn at<T>(p: *const T) -> Self {
         Ahead {
@@ -49,9 +44,7 @@ impl<const L2: bool> Ahead<L2> {
     /// line of float32 AVX-512 values): no inner loop, so the vector loop stays unrolled.
     #[inline(always)]
     pub fn touch(self, i: usize) {
-        if !self.base.is_null() {
-            prefetch::<L2>(self.base.wrapping_add(i * self.elem));
-        }
+        prefetch::<L2>(self.base.wrapping_add(i * self.elem));
     }
 }
 
