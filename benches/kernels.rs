@@ -6,7 +6,7 @@
 
 use mlecore::{
     cross_entropy, cross_entropy_with_grad, logsumexp_axis, logsumexp_rows, set_tier, CeOptions,
-    GradIo, Reduction, Target, Tier,
+    GradIo, Labels, Reduction, Target, Tier,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -61,6 +61,7 @@ fn report(name: &str, bytes: usize, ms: f64, ceiling_ms: Option<f64>) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let tier_in_use = mlecore::tier();
     let reps = if quick { 5 } else { 11 };
     let threads = mlecore::num_threads();
     println!(
@@ -113,7 +114,7 @@ fn main() {
             let (mut loss, mut lse) = (vec![0f64; rows], vec![0f32; rows]);
             let opts = CeOptions::default();
             let ms = median_ms(reps, || {
-                let t = Target::<f32, i64>::Index(&labels);
+                let t = Target::<f32>::Index(Labels::I64(&labels));
                 cross_entropy(&x, cols, t, &opts, &mut loss, &mut lse).unwrap();
             });
             report(&format!("{tier:?} cross_entropy"), bytes, ms, Some(ceiling));
@@ -123,7 +124,7 @@ fn main() {
                     x: &x,
                     grad: &mut grad,
                 };
-                let t = Target::<f32, i64>::Index(&labels);
+                let t = Target::<f32>::Index(Labels::I64(&labels));
                 cross_entropy_with_grad(io, cols, t, &opts, Reduction::Mean, &mut loss, &mut lse)
                     .unwrap();
             });
@@ -134,6 +135,6 @@ fn main() {
                 None,
             );
         }
-        set_tier(Tier::Avx512);
+        set_tier(tier_in_use);
     }
 }

@@ -198,20 +198,83 @@ mod f16c {
     }
 }
 
-/// An integer class label of any width and sign.
-pub trait Label: Copy + Send + Sync + 'static {
-    /// The label as a wide integer, so that every value (u64 included) compares exactly.
-    fn wide(self) -> i128;
+/// Class-index targets of any integer width and sign, one per row. The kernels take the
+/// caller's labels as they are (no widened copy) and compare them as `i128`, so that every
+/// value, `u64` included, is compared exactly.
+#[derive(Clone, Copy, Debug)]
+pub enum Labels<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
 }
 
-macro_rules! label {
-    ($($t:ty),*) => {$(
-        impl Label for $t {
-            #[inline(always)]
-            fn wide(self) -> i128 {
-                self as i128
+impl Labels<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::I8(y) => y.len(),
+            Labels::I16(y) => y.len(),
+            Labels::I32(y) => y.len(),
+            Labels::I64(y) => y.len(),
+            Labels::U8(y) => y.len(),
+            Labels::U16(y) => y.len(),
+            Labels::U32(y) => y.len(),
+            Labels::U64(y) => y.len(),
+        }
+    }
+
+    /// Label `i`, widened. One branch per row: nothing next to a row's arithmetic.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> i128 {
+        match self {
+            Labels::I8(y) => y[i] as i128,
+            Labels::I16(y) => y[i] as i128,
+            Labels::I32(y) => y[i] as i128,
+            Labels::I64(y) => y[i] as i128,
+            Labels::U8(y) => y[i] as i128,
+            Labels::U16(y) => y[i] as i128,
+            Labels::U32(y) => y[i] as i128,
+            Labels::U64(y) => y[i] as i128,
+        }
+    }
+
+    /// `check(labels)` on the typed slice `range`: a loop over many labels then has no
+    /// branch on their width.
+    pub fn visit<R>(&self, range: std::ops::Range<usize>, check: impl LabelVisitor<R>) -> R {
+        match self {
+            Labels::I8(y) => check.visit(&y[range]),
+            Labels::I16(y) => check.visit(&y[range]),
+            Labels::I32(y) => check.visit(&y[range]),
+            Labels::I64(y) => check.visit(&y[range]),
+            Labels::U8(y) => check.visit(&y[range]),
+            Labels::U16(y) => check.visit(&y[range]),
+            Labels::U32(y) => check.visit(&y[range]),
+            Labels::U64(y) => check.visit(&y[range]),
+        }
+    }
+}
+
+macro_rules! labels_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl<'a> From<&'a [$t]> for Labels<'a> {
+            fn from(y: &'a [$t]) -> Self {
+                Labels::$v(y)
             }
         }
     )*};
 }
-label!(i8, i16, i32, i64, u8, u16, u32, u64);
+labels_from!(i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16, u32 => U32,
+             u64 => U64);
+
+/// A computation over a typed slice of labels ([`Labels::visit`]).
+pub trait LabelVisitor<R> {
+    fn visit<L: Copy + Into<i128>>(self, labels: &[L]) -> R;
+}

@@ -1,23 +1,28 @@
 //! mlecore's kernels: log-sum-exp, softmax, log-softmax, NLL and cross-entropy with their
 //! gradients, on plain slices. Nothing here knows Python; `python` (behind the feature of the
 //! same name) is the thin PyO3 layer.
+//!
+//! Modules are private to the crate, so that the compiler reports what nothing uses; the
+//! public API is what this file re-exports.
 
-pub mod elem;
-pub mod error;
-pub mod kernels;
-pub mod memory;
-pub mod parallel;
-pub mod simd;
+pub(crate) mod elem;
+pub(crate) mod error;
+pub(crate) mod kernels;
+pub(crate) mod parallel;
+pub(crate) mod simd;
 
+// Fresh-output advice (huge pages) matters for memory the Python layer allocates.
+#[cfg(feature = "python")]
+mod memory;
 #[cfg(feature = "python")]
 mod python;
 
-pub use elem::{Elem, Label};
+pub use elem::{Elem, LabelVisitor, Labels};
 pub use error::KernelError;
 pub use kernels::columns::logsumexp_axis;
 pub use kernels::cross_entropy::{
-    cross_entropy, cross_entropy_backward, cross_entropy_with_grad, CeOptions, CeSummary, GradIo,
-    Reduction, Scale, Target,
+    check_class_indices, cross_entropy, cross_entropy_backward, cross_entropy_with_grad, CeOptions,
+    CeSummary, GradIo, Reduction, Scale, Target,
 };
 pub use kernels::softmax::{logsumexp_rows, softmax_rows};
 pub use parallel::{num_threads, set_num_threads};

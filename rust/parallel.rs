@@ -74,8 +74,8 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
 
 /// `MLECORE_NUM_THREADS`, else the cores available to the process: worked out once, the first
-/// time it is needed. `available_parallelism` reads the cgroup's CPU quota from files, about
-/// 27 µs here, which every kernel call paid two or three times over.
+/// time it is needed. `available_parallelism` reads the cgroup's CPU quota from files, which
+/// cost a short kernel call more than its arithmetic (BENCHMARKS.md).
 fn default_threads() -> usize {
     static DEFAULT: OnceLock<usize> = OnceLock::new();
     *DEFAULT.get_or_init(|| {

@@ -19,7 +19,7 @@ pub trait VSource<V: SimdVec>: Copy {
 
 /// No weighted sum.
 #[derive(Clone, Copy)]
-pub struct NoV;
+pub struct NoWeights;
 
 /// v = 1 for every class.
 #[derive(Clone, Copy)]
@@ -27,11 +27,11 @@ pub struct Ones;
 
 /// v = w (class weights).
 #[derive(Clone, Copy)]
-pub struct W<F>(pub *const F);
+pub struct ClassWeights<F>(pub *const F);
 
 /// v = a·t + b (soft targets, mixed with label smoothing).
 #[derive(Clone, Copy)]
-pub struct T<F> {
+pub struct Soft<F> {
     pub t: *const F,
     pub a: F,
     pub b: F,
@@ -39,14 +39,14 @@ pub struct T<F> {
 
 /// v = w·(a·t + b).
 #[derive(Clone, Copy)]
-pub struct TW<F> {
+pub struct SoftClass<F> {
     pub t: *const F,
     pub w: *const F,
     pub a: F,
     pub b: F,
 }
 
-impl<V: SimdVec> VSource<V> for NoV {
+impl<V: SimdVec> VSource<V> for NoWeights {
     const ACTIVE: bool = false;
     #[inline(always)]
     unsafe fn load(&self, _i: usize) -> V {
@@ -72,7 +72,7 @@ impl<V: SimdVec> VSource<V> for Ones {
     }
 }
 
-impl<V: SimdVec> VSource<V> for W<V::F> {
+impl<V: SimdVec> VSource<V> for ClassWeights<V::F> {
     const ACTIVE: bool = true;
     #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
@@ -86,7 +86,7 @@ impl<V: SimdVec> VSource<V> for W<V::F> {
     }
 }
 
-impl<V: SimdVec> VSource<V> for T<V::F> {
+impl<V: SimdVec> VSource<V> for Soft<V::F> {
     const ACTIVE: bool = true;
     #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
@@ -106,7 +106,7 @@ impl<V: SimdVec> VSource<V> for T<V::F> {
     }
 }
 
-impl<V: SimdVec> VSource<V> for TW<V::F> {
+impl<V: SimdVec> VSource<V> for SoftClass<V::F> {
     const ACTIVE: bool = true;
     #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
@@ -279,78 +279,88 @@ fn stats_step<V: SimdVec, const COUNT: bool>(
     }
 }
 
-/// out = k1·e^((x − m) − l) − k2·v over `n` values: softmax (k1 = 1, k2 = 0) and every
-/// cross-entropy gradient (scale·(A·p − v)). `out` may be `x` itself.
+/// A softmax scaled and shifted by weights: p_scale·e^((x − m) − excess) − v_scale·v, with
+/// excess = lse − m. Softmax itself is p_scale = 1, v_scale = 0; every cross-entropy
+/// gradient is scale·(A·softmax(x) − v).
+#[derive(Clone, Copy, Debug)]
+pub struct ScaledSoftmax<F> {
+    pub m: F,
+    pub excess: F,
+    pub p_scale: F,
+    pub v_scale: F,
+}
+
+/// out = `f` over `n` values with weights `v`. `out` may be `x` itself.
 ///
 /// # Safety
 /// `x` readable and `out` writable for `n` values; `v` in bounds for `n` lanes.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub unsafe fn write_exp<V: SimdVec, S: VSource<V>>(
     x: *const V::F,
     out: *mut V::F,
     n: usize,
-    m: V::F,
-    l: V::F,
-    k1: V::F,
-    k2: V::F,
+    f: ScaledSoftmax<V::F>,
     v: S,
 ) {
     let lanes = V::LANES;
-    let (mv, lv, k1v, k2v) = (V::splat(m), V::splat(l), V::splat(k1), V::splat(k2));
+    let f = ScaledSoftmax {
+        m: V::splat(f.m),
+        excess: V::splat(f.excess),
+        p_scale: V::splat(f.p_scale),
+        v_scale: V::splat(f.v_scale),
+    };
     let mut i = 0;
     // SAFETY: every access stays inside `[..n]`; each lane is read before it is written, so
     // `out == x` is fine.
     unsafe {
         while i + lanes <= n {
-            exp_term::<V, S>(V::load(x.add(i)), v.load(i), mv, lv, k1v, k2v).store(out.add(i));
+            exp_term::<V, S>(V::load(x.add(i)), v.load(i), f).store(out.add(i));
             i += lanes;
         }
         if i < n {
             let k = n - i;
-            exp_term::<V, S>(
-                V::load_tail(x.add(i), k, V::F::ZERO),
-                v.load_tail(i, k),
-                mv,
-                lv,
-                k1v,
-                k2v,
-            )
-            .store_tail(out.add(i), k);
+            let xv = V::load_tail(x.add(i), k, V::F::ZERO);
+            exp_term::<V, S>(xv, v.load_tail(i, k), f).store_tail(out.add(i), k);
         }
     }
 }
 
 #[inline(always)]
-fn exp_term<V: SimdVec, S: VSource<V>>(xv: V, vv: V, mv: V, lv: V, k1v: V, k2v: V) -> V {
-    let p = xv.sub(mv).sub(lv).exp().mul(k1v);
+fn exp_term<V: SimdVec, S: VSource<V>>(xv: V, vv: V, f: ScaledSoftmax<V>) -> V {
+    let p = xv.sub(f.m).sub(f.excess).exp().mul(f.p_scale);
     if S::ACTIVE {
-        p.sub(vv.mul(k2v))
+        p.sub(vv.mul(f.v_scale))
     } else {
         p
     }
 }
 
-/// out = (x − m) − l over `n` values: log-softmax. `out` may be `x` itself.
+/// out = (x − m) − excess over `n` values: log-softmax. `out` may be `x` itself.
 ///
 /// # Safety
 /// `x` readable and `out` writable for `n` values.
 #[inline(always)]
-pub unsafe fn write_log<V: SimdVec>(x: *const V::F, out: *mut V::F, n: usize, m: V::F, l: V::F) {
+pub unsafe fn write_log<V: SimdVec>(
+    x: *const V::F,
+    out: *mut V::F,
+    n: usize,
+    m: V::F,
+    excess: V::F,
+) {
     let lanes = V::LANES;
-    let (mv, lv) = (V::splat(m), V::splat(l));
+    let (mv, excess_v) = (V::splat(m), V::splat(excess));
     let mut i = 0;
     // SAFETY: every access stays inside `[..n]`, each lane read before written.
     unsafe {
         while i + lanes <= n {
-            V::load(x.add(i)).sub(mv).sub(lv).store(out.add(i));
+            V::load(x.add(i)).sub(mv).sub(excess_v).store(out.add(i));
             i += lanes;
         }
         if i < n {
             let k = n - i;
             V::load_tail(x.add(i), k, V::F::ZERO)
                 .sub(mv)
-                .sub(lv)
+                .sub(excess_v)
                 .store_tail(out.add(i), k);
         }
     }

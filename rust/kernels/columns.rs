@@ -159,10 +159,10 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
         }
     }
 
-    /// lse − m of vector `w`'s lanes: [`Stats::l`] for a vector of lanes at once (a scalar
-    /// `ln_1p` per lane costs more than the rest of a short reduction).
+    /// lse − m of vector `w`'s lanes: [`Stats::excess`] for a vector of lanes at once (a
+    /// scalar `ln_1p` per lane costs more than the rest of a short reduction).
     #[inline(always)]
-    pub fn l(&self, w: usize) -> V {
+    pub fn excess(&self, w: usize) -> V {
         let mut u = [V::F::ZERO; 16];
         for (l, u) in u[..V::LANES].iter_mut().enumerate() {
             *u = V::F::from_f64(self.cnt[w][l] - 1.0 + self.rest[w][l]);
@@ -179,7 +179,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
             // SAFETY: `out` holds W·LANES values.
             unsafe {
                 self.m[w]
-                    .add(self.l(w))
+                    .add(self.excess(w))
                     .store(out.as_mut_ptr().add(w * V::LANES))
             };
         }
@@ -474,16 +474,20 @@ pub fn logsumexp_axis<F: Float>(
             let bands = layout.bands;
             let units = outer * bands * layout.groups;
             let shared = Shared::new(out);
+            let tier = crate::simd::tier();
             let run = |sink: &Sink<F>| {
                 for_ranges(units, |units| {
-                    F::dispatch(Cols {
-                        x,
-                        steps,
-                        inner,
-                        layout: &layout,
-                        sink,
-                        units,
-                    })
+                    F::dispatch(
+                        tier,
+                        Cols {
+                            x,
+                            steps,
+                            inner,
+                            layout: &layout,
+                            sink,
+                            units,
+                        },
+                    )
                 })
             };
             if bands == 1 {
@@ -499,7 +503,7 @@ pub fn logsumexp_axis<F: Float>(
                         let at = |b: usize| parts[(o * bands + b) * inner + c];
                         let s = (1..bands).fold(at(0), |s, b| s.merge(at(b)));
                         // SAFETY: each index belongs to one range.
-                        unsafe { shared.set(i, F::from_f64(s.m + s.l())) };
+                        unsafe { shared.set(i, F::from_f64(s.m + s.excess())) };
                     }
                 });
             }

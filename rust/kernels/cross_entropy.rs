@@ -6,9 +6,10 @@
 //! scale·(A·softmax(x) − v) with A = Σ v. For a class index y and smoothing ε,
 //! v = (1 − ε)·w_y·onehot(y) + (ε/C)·w; for probabilities t, v = w·((1 − ε)·t + ε/C).
 
-use super::rows::{drive, fill, write_exp, RowOp, RowV, Scratch};
+use super::chunk::ScaledSoftmax;
+use super::rows::{drive, fill, write_exp, RowOp, RowWeights, Scratch};
 use super::stats::{self, Stats};
-use crate::elem::{Elem, Label};
+use crate::elem::{Elem, LabelVisitor, Labels};
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, SendPtr, Shared};
 use crate::simd::{Float, SimdVec};
@@ -16,9 +17,9 @@ use std::ops::Range;
 
 /// What the logits are compared against.
 #[derive(Clone, Copy)]
-pub enum Target<'a, T, L> {
+pub enum Target<'a, T> {
     /// One class index per row.
-    Index(&'a [L]),
+    Index(Labels<'a>),
     /// A row of class probabilities per row, shaped like the logits.
     Probs(&'a [T]),
 }
@@ -76,15 +77,6 @@ pub struct CeSummary {
     pub denom: f64,
 }
 
-impl CeSummary {
-    pub fn reduce(&self, reduction: Reduction) -> f64 {
-        match reduction {
-            Reduction::Mean => self.total / self.denom,
-            _ => self.total,
-        }
-    }
-}
-
 /// Where the gradient goes: a separate buffer, or over the logits themselves.
 pub enum GradIo<'a, T> {
     Separate { x: &'a [T], grad: &'a mut [T] },
@@ -96,8 +88,8 @@ pub enum GradIo<'a, T> {
 const LABEL_BLOCK: usize = 1 << 15;
 
 /// Checks every class index and returns Σ w_y over the non-ignored ones.
-fn check_labels<L: Label, F: Float>(
-    labels: &[L],
+fn check_labels<F: Float>(
+    labels: Labels<'_>,
     classes: usize,
     ignore_index: i64,
     weight: Option<&[F]>,
@@ -108,91 +100,166 @@ fn check_labels<L: Label, F: Float>(
     for_blocks(blocks, LABEL_BLOCK, |range| {
         for b in range {
             let start = b * LABEL_BLOCK;
-            let block = &labels[start..labels.len().min(start + LABEL_BLOCK)];
-            let r = check_block(block, start, classes, ignore_index, weight);
+            let block = start..labels.len().min(start + LABEL_BLOCK);
+            let check = LabelCheck {
+                offset: start,
+                classes,
+                ignore_index,
+                weight,
+            };
             // SAFETY: each block is written by the one task that owns it.
-            unsafe { shared.set(b, r) };
+            unsafe { shared.set(b, labels.visit(block, check)) };
         }
     });
     // The first error by position, else the partial sums in block order.
     partial.into_iter().sum()
 }
 
-fn check_block<L: Label, F: Float>(
-    labels: &[L],
+/// The check of one block of labels starting at `offset`: Σ w_y over the non-ignored ones.
+struct LabelCheck<'a, F> {
     offset: usize,
+    classes: usize,
+    ignore_index: i64,
+    weight: Option<&'a [F]>,
+}
+
+impl<F: Float> LabelVisitor<Result<f64, KernelError>> for LabelCheck<'_, F> {
+    fn visit<L: Copy + Into<i128>>(self, labels: &[L]) -> Result<f64, KernelError> {
+        // Without weights the denominator is a count: no chain of float additions.
+        let (mut count, mut wsum) = (0usize, [0.0; 4]);
+        for (i, &y) in labels.iter().enumerate() {
+            let v: i128 = y.into();
+            if v == self.ignore_index as i128 {
+                continue;
+            }
+            if v < 0 || v >= self.classes as i128 {
+                return Err(KernelError::TargetOutOfBounds {
+                    position: self.offset + i,
+                    value: v,
+                    classes: self.classes,
+                    ignore_index: self.ignore_index,
+                });
+            }
+            count += 1;
+            if let Some(w) = self.weight {
+                wsum[i % 4] += w[v as usize].to_f64();
+            }
+        }
+        Ok(match self.weight {
+            None => count as f64,
+            Some(_) => (wsum[0] + wsum[2]) + (wsum[1] + wsum[3]),
+        })
+    }
+}
+
+/// Checks `labels` against `classes` (the Python layer's `check_labels`, for losses computed
+/// outside the kernels); returns the `mean` denominator Σ w_y over the non-ignored labels.
+pub fn check_class_indices<F: Float>(
+    labels: Labels<'_>,
     classes: usize,
     ignore_index: i64,
     weight: Option<&[F]>,
 ) -> Result<f64, KernelError> {
-    // Without weights the denominator is a count: no chain of float additions.
-    let (mut count, mut wsum) = (0usize, [0.0; 4]);
-    for (i, &y) in labels.iter().enumerate() {
-        let v = y.wide();
-        if v == ignore_index as i128 {
-            continue;
-        }
-        if v < 0 || v >= classes as i128 {
-            return Err(KernelError::TargetOutOfBounds {
-                position: offset + i,
-                value: v,
-                classes,
-                ignore_index,
-            });
-        }
-        count += 1;
-        if let Some(w) = weight {
-            wsum[i % 4] += w[v as usize].to_f64();
-        }
+    if let Some(w) = weight {
+        check_len("weight", w.len(), classes)?;
     }
-    Ok(match weight {
-        None => count as f64,
-        Some(_) => (wsum[0] + wsum[2]) + (wsum[1] + wsum[3]),
-    })
+    check_labels(labels, classes, ignore_index, weight)
 }
 
-struct Ce<'a, T: Elem, L, const STATS: bool> {
+/// Where a gradient goes, how each row's is scaled, and the log-sum-exps the forward pass
+/// saved (class indices: the backward pass then needs no statistics).
+struct GradOut<'a, T: Elem> {
+    ptr: SendPtr<T>,
+    scale: Scale<'a>,
+    saved_lse: Option<&'a [T::F]>,
+}
+
+impl<T: Elem> Clone for GradOut<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Elem> Copy for GradOut<'_, T> {}
+
+/// What a pass over the rows produces.
+enum Outputs<'a, T: Elem> {
+    /// Per-row losses and log-sum-exps, and the gradient too when fused.
+    Rows {
+        loss: Shared<f64>,
+        lse: Shared<T::F>,
+        grad: Option<GradOut<'a, T>>,
+    },
+    /// The gradient alone (the backward pass).
+    Grad(GradOut<'a, T>),
+}
+
+struct Ce<'a, T: Elem, const STATS: bool> {
     x: *const T,
     cols: usize,
-    target: Target<'a, T, L>,
+    target: Target<'a, T>,
     weight: Option<&'a [T::F]>,
     /// Σ w (C without weights): the smoothing part of A.
     wsum: f64,
     ignore: i128,
     eps: f64,
-    loss: Option<Shared<f64>>,
-    lse: Option<Shared<T::F>>,
-    grad: Option<(SendPtr<T>, Scale<'a>)>,
-    /// Saved log-sum-exps: the backward pass of class-index targets needs no statistics.
-    saved_lse: Option<&'a [T::F]>,
+    out: Outputs<'a, T>,
 }
 
 // SAFETY: `x` and the targets are only read; outputs are written at disjoint rows or
 // segments (the `RowOp` contract), through `Shared`/`SendPtr`.
-unsafe impl<T: Elem, L: Sync, const S: bool> Sync for Ce<'_, T, L, S> {}
+unsafe impl<T: Elem, const S: bool> Sync for Ce<'_, T, S> {}
 
-impl<T: Elem, L: Label, const STATS: bool> Ce<'_, T, L, STATS> {
+impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
+    fn new(
+        x: *const T,
+        cols: usize,
+        target: Target<'a, T>,
+        opts: &CeOptions<'a, T::F>,
+        out: Outputs<'a, T>,
+    ) -> Self {
+        Ce {
+            x,
+            cols,
+            target,
+            weight: opts.weight,
+            wsum: opts
+                .weight
+                .map_or(cols as f64, |w| w.iter().map(|v| v.to_f64()).sum()),
+            ignore: opts.ignore_index as i128,
+            eps: opts.label_smoothing,
+            out,
+        }
+    }
+
     /// The class of row `r`, `None` when it is ignored (labels were checked already).
     fn class(&self, r: usize) -> Option<usize> {
         match self.target {
             Target::Index(y) => {
-                let v = y[r].wide();
+                let v = y.get(r);
                 (v != self.ignore).then_some(v as usize)
             }
             Target::Probs(_) => None,
         }
     }
 
-    fn w(&self, c: usize) -> f64 {
+    fn class_weight(&self, c: usize) -> f64 {
         self.weight.map_or(1.0, |w| w[c].to_f64())
     }
 
+    /// ε/C: the weight label smoothing puts on every class.
     fn smoothing(&self) -> f64 {
         self.eps / self.cols as f64
     }
+
+    fn grad(&self) -> Option<GradOut<'a, T>> {
+        match self.out {
+            Outputs::Rows { grad, .. } => grad,
+            Outputs::Grad(grad) => Some(grad),
+        }
+    }
 }
 
-impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
+impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
     const WRITES: bool = true;
     const STATS: bool = STATS;
 
@@ -200,10 +267,10 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         self.x.wrapping_add(r * self.cols)
     }
 
-    fn v(&self, r: usize) -> RowV<'_, T> {
+    fn weights(&self, r: usize) -> RowWeights<'_, T> {
         match self.target {
-            Target::Index(_) if self.eps == 0.0 => RowV::None,
-            Target::Index(_) => self.weight.map_or(RowV::Ones, RowV::W),
+            Target::Index(_) if self.eps == 0.0 => RowWeights::None,
+            Target::Index(_) => self.weight.map_or(RowWeights::Ones, RowWeights::Class),
             Target::Probs(t) => {
                 let t = t.as_ptr().wrapping_add(r * self.cols);
                 let (a, b) = (
@@ -211,8 +278,8 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                     T::F::from_f64(self.smoothing()),
                 );
                 match self.weight {
-                    Some(w) => RowV::TW { t, w, a, b },
-                    None => RowV::T { t, a, b },
+                    Some(w) => RowWeights::SoftClass { t, w, a, b },
+                    None => RowWeights::Soft { t, a, b },
                 }
             }
         }
@@ -223,22 +290,22 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
     }
 
     #[inline(always)]
-    fn done(&self, r: usize, s: &Stats, l: f64) {
-        if let Some(lse) = &self.lse {
-            // SAFETY: each row is finished exactly once.
-            unsafe { lse.set(r, T::F::from_f64(s.m + l)) };
-        }
-        let Some(loss) = &self.loss else { return };
+    fn done(&self, r: usize, s: &Stats, excess: f64) {
+        let Outputs::Rows { loss, lse, .. } = &self.out else {
+            return;
+        };
+        // SAFETY: each row is finished exactly once.
+        unsafe { lse.set(r, T::F::from_f64(s.m + excess)) };
         let value = match self.target {
-            Target::Probs(_) => s.weighted_nll(l),
+            Target::Probs(_) => s.weighted_nll(excess),
             Target::Index(_) => match self.class(r) {
                 None => 0.0,
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
                     let xy = unsafe { *self.row(r).add(y) }.to_f64();
-                    let nll = (1.0 - self.eps) * self.w(y) * ((s.m - xy) + l);
+                    let nll = (1.0 - self.eps) * self.class_weight(y) * ((s.m - xy) + excess);
                     if self.eps > 0.0 {
-                        nll + self.smoothing() * s.weighted_nll(l)
+                        nll + self.smoothing() * s.weighted_nll(excess)
                     } else {
                         nll
                     }
@@ -255,56 +322,43 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         r: usize,
         range: Range<usize>,
         s: &Stats,
-        l: f64,
-        sc: &mut Scratch<T::F>,
+        excess: f64,
+        scratch: &mut Scratch<T::F>,
     ) {
-        let Some((g, scale)) = &self.grad else { return };
-        let (x, g) = (self.row(r), g.0.wrapping_add(r * self.cols));
-        let scale = scale.at(r);
-        let (m, l) = match self.saved_lse {
-            Some(lse) => (lse[r].to_f64(), 0.0),
-            None => (s.m, l),
+        let Some(grad) = self.grad() else {
+            return;
         };
-        let f = T::F::from_f64;
+        let (x, g) = (self.row(r), grad.ptr.0.wrapping_add(r * self.cols));
+        let scale = grad.scale.at(r);
+        let (m, excess) = match grad.saved_lse {
+            Some(lse) => (lse[r].to_f64(), 0.0),
+            None => (s.m, excess),
+        };
+        // The gradient is scale·(A·softmax(x) − v).
+        let gradient = |a: f64, v_scale: f64| ScaledSoftmax {
+            m: T::F::from_f64(m),
+            excess: T::F::from_f64(excess),
+            p_scale: T::F::from_f64(scale * a),
+            v_scale: T::F::from_f64(v_scale),
+        };
         match self.target {
             Target::Probs(_) => {
+                let f = gradient(s.vsum, scale);
                 // SAFETY: the row holds `cols` values; this task owns `range` of it.
-                unsafe {
-                    write_exp::<T, V>(
-                        x,
-                        g,
-                        range,
-                        f(m),
-                        f(l),
-                        f(scale * s.vsum),
-                        f(scale),
-                        self.v(r),
-                        sc,
-                    )
-                };
+                unsafe { write_exp::<T, V>(x, g, range, f, self.weights(r), scratch) };
             }
             Target::Index(_) => match self.class(r) {
                 // SAFETY: as above.
                 None => unsafe { fill(g, range, 0.0) },
                 Some(y) => {
-                    let a = (1.0 - self.eps) * self.w(y) + self.smoothing() * self.wsum;
-                    let k2 = scale * self.smoothing();
+                    let a = (1.0 - self.eps) * self.class_weight(y) + self.smoothing() * self.wsum;
+                    let f = gradient(a, scale * self.smoothing());
                     // SAFETY: as above; `y` is inside the row.
                     unsafe {
-                        write_exp::<T, V>(
-                            x,
-                            g,
-                            range.clone(),
-                            f(m),
-                            f(l),
-                            f(scale * a),
-                            f(k2),
-                            self.v(r),
-                            sc,
-                        );
+                        write_exp::<T, V>(x, g, range.clone(), f, self.weights(r), scratch);
                         if range.contains(&y) {
                             let gy = g.add(y);
-                            let hot = scale * (1.0 - self.eps) * self.w(y);
+                            let hot = scale * (1.0 - self.eps) * self.class_weight(y);
                             *gy = T::from_f64((*gy).to_f64() - hot);
                         }
                     }
@@ -320,11 +374,11 @@ struct Checked {
 }
 
 /// Validates sizes and labels; returns the row count and the `mean` denominator.
-fn check<T: Elem, L: Label>(
+fn check<T: Elem>(
     x_len: usize,
     cols: usize,
     rows: usize,
-    target: &Target<'_, T, L>,
+    target: &Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
 ) -> Result<Checked, KernelError> {
     check_len("input", x_len, rows * cols)?;
@@ -340,7 +394,7 @@ fn check<T: Elem, L: Label>(
     let denom = match target {
         Target::Index(y) => {
             check_len("target", y.len(), rows)?;
-            check_labels(y, cols, opts.ignore_index, opts.weight)?
+            check_labels(*y, cols, opts.ignore_index, opts.weight)?
         }
         Target::Probs(t) => {
             check_len("target", t.len(), rows * cols)?;
@@ -348,29 +402,6 @@ fn check<T: Elem, L: Label>(
         }
     };
     Ok(Checked { rows, denom })
-}
-
-fn op<'a, T: Elem, L: Label, const STATS: bool>(
-    x: *const T,
-    cols: usize,
-    target: Target<'a, T, L>,
-    opts: &CeOptions<'a, T::F>,
-) -> Ce<'a, T, L, STATS> {
-    Ce {
-        x,
-        cols,
-        target,
-        weight: opts.weight,
-        wsum: opts
-            .weight
-            .map_or(cols as f64, |w| w.iter().map(|v| v.to_f64()).sum()),
-        ignore: opts.ignore_index as i128,
-        eps: opts.label_smoothing,
-        loss: None,
-        lse: None,
-        grad: None,
-        saved_lse: None,
-    }
 }
 
 fn summary(loss: &[f64], denom: f64) -> CeSummary {
@@ -382,29 +413,35 @@ fn summary(loss: &[f64], denom: f64) -> CeSummary {
 
 /// Per-row losses into `loss` (float64) and log-sum-exps into `lse`; returns their sum and
 /// the `mean` denominator. Rows: `loss.len()`.
-pub fn cross_entropy<T: Elem, L: Label>(
+pub fn cross_entropy<T: Elem>(
     x: &[T],
     cols: usize,
-    target: Target<'_, T, L>,
+    target: Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
     loss: &mut [f64],
     lse: &mut [T::F],
 ) -> Result<CeSummary, KernelError> {
     let c = check(x.len(), cols, loss.len(), &target, opts)?;
     check_len("lse", lse.len(), c.rows)?;
-    let mut ce = op::<T, L, true>(x.as_ptr(), cols, target, opts);
-    ce.loss = Some(Shared::new(loss));
-    ce.lse = Some(Shared::new(lse));
-    drive(&ce, c.rows, cols);
+    let out = Outputs::Rows {
+        loss: Shared::new(loss),
+        lse: Shared::new(lse),
+        grad: None,
+    };
+    drive(
+        &Ce::<T, true>::new(x.as_ptr(), cols, target, opts, out),
+        c.rows,
+        cols,
+    );
     Ok(summary(loss, c.denom))
 }
 
 /// The forward pass and the gradient of the `reduction`-reduced loss (of the sum for
 /// `Reduction::None`) in one pass: each row's gradient is written while the row is in cache.
-pub fn cross_entropy_with_grad<T: Elem, L: Label>(
+pub fn cross_entropy_with_grad<T: Elem>(
     io: GradIo<'_, T>,
     cols: usize,
-    target: Target<'_, T, L>,
+    target: Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
     reduction: Reduction,
     loss: &mut [f64],
@@ -423,20 +460,29 @@ pub fn cross_entropy_with_grad<T: Elem, L: Label>(
         Reduction::Mean => 1.0 / c.denom,
         _ => 1.0,
     };
-    let mut ce = op::<T, L, true>(x, cols, target, opts);
-    ce.loss = Some(Shared::new(loss));
-    ce.lse = Some(Shared::new(lse));
-    ce.grad = Some((SendPtr(g), Scale::Uniform(scale)));
-    drive(&ce, c.rows, cols);
+    let out = Outputs::Rows {
+        loss: Shared::new(loss),
+        lse: Shared::new(lse),
+        grad: Some(GradOut {
+            ptr: SendPtr(g),
+            scale: Scale::Uniform(scale),
+            saved_lse: None,
+        }),
+    };
+    drive(
+        &Ce::<T, true>::new(x, cols, target, opts, out),
+        c.rows,
+        cols,
+    );
     Ok(summary(loss, c.denom))
 }
 
 /// The gradient with respect to the logits, given each row's factor (`scale`) and the
 /// log-sum-exps saved by the forward pass. Rows: `lse.len()`.
-pub fn cross_entropy_backward<T: Elem, L: Label>(
+pub fn cross_entropy_backward<T: Elem>(
     x: &[T],
     cols: usize,
-    target: Target<'_, T, L>,
+    target: Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
     lse: &[T::F],
     scale: Scale<'_>,
@@ -447,19 +493,32 @@ pub fn cross_entropy_backward<T: Elem, L: Label>(
     if let Scale::PerRow(s) = scale {
         check_len("grad_output", s.len(), c.rows)?;
     }
-    let g = SendPtr(grad.as_mut_ptr());
+    let ptr = SendPtr(grad.as_mut_ptr());
     match target {
         Target::Index(_) => {
-            let mut ce = op::<T, L, false>(x.as_ptr(), cols, target, opts);
-            ce.grad = Some((g, scale));
-            ce.saved_lse = Some(lse);
-            drive(&ce, c.rows, cols);
+            let out = Outputs::Grad(GradOut {
+                ptr,
+                scale,
+                saved_lse: Some(lse),
+            });
+            drive(
+                &Ce::<T, false>::new(x.as_ptr(), cols, target, opts, out),
+                c.rows,
+                cols,
+            );
         }
         Target::Probs(_) => {
             // A = Σ v needs the targets' pass anyway, so the statistics are recomputed.
-            let mut ce = op::<T, L, true>(x.as_ptr(), cols, target, opts);
-            ce.grad = Some((g, scale));
-            drive(&ce, c.rows, cols);
+            let out = Outputs::Grad(GradOut {
+                ptr,
+                scale,
+                saved_lse: None,
+            });
+            drive(
+                &Ce::<T, true>::new(x.as_ptr(), cols, target, opts, out),
+                c.rows,
+                cols,
+            );
         }
     }
     Ok(())

@@ -1,13 +1,14 @@
 //! Row-wise driving of the chunk loops: storage conversion, splitting long rows into segments
-//! when there are few rows, and the thread pool. Every row-wise operation (log-sum-exp,
-//! softmax, cross-entropy forward, fused gradient) is a [`RowOp`] run by [`drive`].
+//! when there are few rows, and cutting the rows into tasks for `crate::parallel`. Every
+//! row-wise operation (log-sum-exp, softmax, cross-entropy forward, fused gradient) is a
+//! [`RowOp`] run by [`drive`].
 
-use super::chunk::{self, NoV, Ones, TW, W};
+use super::chunk::{self, ClassWeights, NoWeights, Ones, ScaledSoftmax, Soft, SoftClass};
 use super::columns::LaneStats;
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
-use crate::simd::{Ahead, Float, Kernel, SimdVec};
+use crate::simd::{self, Ahead, Float, Kernel, SimdVec};
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -58,16 +59,16 @@ impl<F: Float> Scratch<F> {
 /// The weights v of a row's weighted sum: none, ones, class weights, soft targets (mixed as
 /// a·t + b), or both.
 #[derive(Clone, Copy)]
-pub enum RowV<'a, T: Elem> {
+pub enum RowWeights<'a, T: Elem> {
     None,
     Ones,
-    W(&'a [T::F]),
-    T {
+    Class(&'a [T::F]),
+    Soft {
         t: *const T,
         a: T::F,
         b: T::F,
     },
-    TW {
+    SoftClass {
         t: *const T,
         w: &'a [T::F],
         a: T::F,
@@ -83,8 +84,8 @@ pub enum RowV<'a, T: Elem> {
 pub unsafe fn segment_stats<T: Elem, V: SimdVec<F = T::F>>(
     x: *const T,
     range: Range<usize>,
-    v: RowV<'_, T>,
-    sc: &mut Scratch<T::F>,
+    v: RowWeights<'_, T>,
+    scratch: &mut Scratch<T::F>,
 ) -> Stats {
     let mut s = Stats::EMPTY;
     let mut c0 = range.start;
@@ -97,19 +98,21 @@ pub unsafe fn segment_stats<T: Elem, V: SimdVec<F = T::F>>(
         // SAFETY: `c0..c0 + n` lies inside `range`, readable by the caller's contract; the
         // same holds for targets and weights.
         let cs = unsafe {
-            let xp = T::read(x.add(c0), n, &mut sc.x);
+            let xp = T::read(x.add(c0), n, &mut scratch.x);
             match v {
-                RowV::None => chunk::stats::<V, _>(xp, n, NoV, ahead, floor),
-                RowV::Ones => chunk::stats::<V, _>(xp, n, Ones, ahead, floor),
-                RowV::W(w) => chunk::stats::<V, _>(xp, n, W(w.as_ptr().add(c0)), ahead, floor),
-                RowV::T { t, a, b } => {
-                    let t = T::read(t.add(c0), n, &mut sc.t);
-                    chunk::stats::<V, _>(xp, n, chunk::T { t, a, b }, ahead, floor)
+                RowWeights::None => chunk::stats::<V, _>(xp, n, NoWeights, ahead, floor),
+                RowWeights::Ones => chunk::stats::<V, _>(xp, n, Ones, ahead, floor),
+                RowWeights::Class(w) => {
+                    chunk::stats::<V, _>(xp, n, ClassWeights(w.as_ptr().add(c0)), ahead, floor)
                 }
-                RowV::TW { t, w, a, b } => {
-                    let t = T::read(t.add(c0), n, &mut sc.t);
+                RowWeights::Soft { t, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut scratch.t);
+                    chunk::stats::<V, _>(xp, n, Soft { t, a, b }, ahead, floor)
+                }
+                RowWeights::SoftClass { t, w, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut scratch.t);
                     let w = w.as_ptr().add(c0);
-                    chunk::stats::<V, _>(xp, n, TW { t, w, a, b }, ahead, floor)
+                    chunk::stats::<V, _>(xp, n, SoftClass { t, w, a, b }, ahead, floor)
                 }
             }
         };
@@ -119,53 +122,50 @@ pub unsafe fn segment_stats<T: Elem, V: SimdVec<F = T::F>>(
     s
 }
 
-/// out[range] = k1·e^((x − m) − l) − k2·v over one row's segment; `out` may equal `x`.
+/// out[range] = `f` over one row's segment, with the row's weights; `out` may equal `x`.
 ///
 /// # Safety
-/// `x` readable and `out` writable over `range`; `v` as in [`segment_stats`].
-#[allow(clippy::too_many_arguments)]
+/// `x` readable and `out` writable over `range`; `weights` as in [`segment_stats`].
 #[inline(always)]
 pub unsafe fn write_exp<T: Elem, V: SimdVec<F = T::F>>(
     x: *const T,
     out: *mut T,
     range: Range<usize>,
-    m: T::F,
-    l: T::F,
-    k1: T::F,
-    k2: T::F,
-    v: RowV<'_, T>,
-    sc: &mut Scratch<T::F>,
+    f: ScaledSoftmax<T::F>,
+    weights: RowWeights<'_, T>,
+    scratch: &mut Scratch<T::F>,
 ) {
     let mut c0 = range.start;
     while c0 < range.end {
         let n = CHUNK.min(range.end - c0);
         // SAFETY: `c0..c0 + n` lies inside `range` (the caller's contract).
         unsafe {
-            let xp = T::read(x.add(c0), n, &mut sc.x);
-            let op = T::target(out.add(c0), &mut sc.o);
-            match v {
-                RowV::None => chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, NoV),
-                RowV::Ones => chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, Ones),
-                RowV::W(w) => {
-                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, W(w.as_ptr().add(c0)))
+            let xp = T::read(x.add(c0), n, &mut scratch.x);
+            let op = T::target(out.add(c0), &mut scratch.o);
+            match weights {
+                RowWeights::None => chunk::write_exp::<V, _>(xp, op, n, f, NoWeights),
+                RowWeights::Ones => chunk::write_exp::<V, _>(xp, op, n, f, Ones),
+                RowWeights::Class(w) => {
+                    let w = ClassWeights(w.as_ptr().add(c0));
+                    chunk::write_exp::<V, _>(xp, op, n, f, w)
                 }
-                RowV::T { t, a, b } => {
-                    let t = T::read(t.add(c0), n, &mut sc.t);
-                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, chunk::T { t, a, b })
+                RowWeights::Soft { t, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut scratch.t);
+                    chunk::write_exp::<V, _>(xp, op, n, f, Soft { t, a, b })
                 }
-                RowV::TW { t, w, a, b } => {
-                    let t = T::read(t.add(c0), n, &mut sc.t);
+                RowWeights::SoftClass { t, w, a, b } => {
+                    let t = T::read(t.add(c0), n, &mut scratch.t);
                     let w = w.as_ptr().add(c0);
-                    chunk::write_exp::<V, _>(xp, op, n, m, l, k1, k2, TW { t, w, a, b })
+                    chunk::write_exp::<V, _>(xp, op, n, f, SoftClass { t, w, a, b })
                 }
             }
-            T::commit(out.add(c0), n, &sc.o);
+            T::commit(out.add(c0), n, &scratch.o);
         }
         c0 += n;
     }
 }
 
-/// out[range] = (x − m) − l; `out` may equal `x`.
+/// out[range] = (x − m) − excess; `out` may equal `x`.
 ///
 /// # Safety
 /// `x` readable and `out` writable over `range`.
@@ -175,18 +175,18 @@ pub unsafe fn write_log<T: Elem, V: SimdVec<F = T::F>>(
     out: *mut T,
     range: Range<usize>,
     m: T::F,
-    l: T::F,
-    sc: &mut Scratch<T::F>,
+    excess: T::F,
+    scratch: &mut Scratch<T::F>,
 ) {
     let mut c0 = range.start;
     while c0 < range.end {
         let n = CHUNK.min(range.end - c0);
         // SAFETY: `c0..c0 + n` lies inside `range` (the caller's contract).
         unsafe {
-            let xp = T::read(x.add(c0), n, &mut sc.x);
-            let op = T::target(out.add(c0), &mut sc.o);
-            chunk::write_log::<V>(xp, op, n, m, l);
-            T::commit(out.add(c0), n, &sc.o);
+            let xp = T::read(x.add(c0), n, &mut scratch.x);
+            let op = T::target(out.add(c0), &mut scratch.o);
+            chunk::write_log::<V>(xp, op, n, m, excess);
+            T::commit(out.add(c0), n, &scratch.o);
         }
         c0 += n;
     }
@@ -212,12 +212,13 @@ pub trait RowOp<T: Elem>: Sync {
     /// Row `r` of the input.
     fn row(&self, r: usize) -> *const T;
     /// The weights of row `r`'s weighted sum.
-    fn v(&self, r: usize) -> RowV<'_, T>;
-    /// True when [`RowOp::v`] is `RowV::None` for every row.
+    fn weights(&self, r: usize) -> RowWeights<'_, T>;
+    /// True when [`RowOp::weights`] is `RowWeights::None` for every row.
     fn plain(&self) -> bool;
-    /// Records per-row results from the row's complete statistics; `l` is `s.l()`, computed
-    /// once per row by the driver (a logarithm per row is much of the cost of short rows).
-    fn done(&self, r: usize, s: &Stats, l: f64);
+    /// Records per-row results from the row's complete statistics; `excess` is
+    /// `s.excess()`, computed once per row by the driver (a logarithm per row is much of the
+    /// cost of short rows).
+    fn done(&self, r: usize, s: &Stats, excess: f64);
     /// Writes row `r`'s outputs over `range` (the whole row, or one segment). Implementations
     /// must be `#[inline(always)]`, so that the vector code lands in the caller's
     /// `#[target_feature]` instantiation instead of a call per intrinsic.
@@ -229,8 +230,8 @@ pub trait RowOp<T: Elem>: Sync {
         r: usize,
         range: Range<usize>,
         s: &Stats,
-        l: f64,
-        sc: &mut Scratch<T::F>,
+        excess: f64,
+        scratch: &mut Scratch<T::F>,
     );
 }
 
@@ -239,7 +240,7 @@ enum Phase<'a> {
     Rows,
     /// Segment statistics into a buffer of `rows × nseg`.
     SegStats(&'a Shared<Stats>),
-    /// The write pass per segment, from merged row statistics and their `l`.
+    /// The write pass per segment, from merged row statistics and their excess.
     SegWrite(&'a [(Stats, f64)]),
 }
 
@@ -257,12 +258,13 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
     type Out = ();
     #[inline(always)]
     fn run<V: SimdVec<F = T::F>>(self) {
-        let mut sc = Scratch::<T::F>::new();
+        let mut scratch = Scratch::<T::F>::new();
         let (op, cols, nseg) = (self.op, self.cols, self.nseg);
         let mut units = self.units.clone();
         if matches!(self.phase, Phase::Rows) && few_classes::<T, O>(op, cols) {
             // SAFETY: whole vectors of rows, each `cols` values (checked by the entry points).
-            units.start = unsafe { rows_as_lanes::<T, O, V>(op, cols, units.clone(), &mut sc) };
+            units.start =
+                unsafe { rows_as_lanes::<T, O, V>(op, cols, units.clone(), &mut scratch) };
         }
         for u in units {
             let (r, seg) = (u / nseg, u % nseg);
@@ -272,24 +274,29 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
             unsafe {
                 match self.phase {
                     Phase::Rows => {
-                        let (s, l) = if O::STATS {
-                            let s =
-                                segment_stats::<T, V>(op.row(r), range.clone(), op.v(r), &mut sc);
-                            (s, s.l())
+                        let (s, excess) = if O::STATS {
+                            let s = segment_stats::<T, V>(
+                                op.row(r),
+                                range.clone(),
+                                op.weights(r),
+                                &mut scratch,
+                            );
+                            (s, s.excess())
                         } else {
                             (Stats::EMPTY, 0.0)
                         };
-                        op.done(r, &s, l);
+                        op.done(r, &s, excess);
                         if O::WRITES {
-                            op.write::<V>(r, range, &s, l, &mut sc);
+                            op.write::<V>(r, range, &s, excess, &mut scratch);
                         }
                     }
-                    Phase::SegStats(out) => {
-                        out.set(u, segment_stats::<T, V>(op.row(r), range, op.v(r), &mut sc))
-                    }
+                    Phase::SegStats(out) => out.set(
+                        u,
+                        segment_stats::<T, V>(op.row(r), range, op.weights(r), &mut scratch),
+                    ),
                     Phase::SegWrite(merged) => {
-                        let (s, l) = &merged[r];
-                        op.write::<V>(r, range, s, *l, &mut sc)
+                        let (s, excess) = &merged[r];
+                        op.write::<V>(r, range, s, *excess, &mut scratch)
                     }
                 }
             }
@@ -311,7 +318,7 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
     op: &O,
     cols: usize,
     units: Range<usize>,
-    sc: &mut Scratch<T::F>,
+    scratch: &mut Scratch<T::F>,
 ) -> usize {
     let mut stats = [Stats::EMPTY; 16];
     // The rows transposed, class-major: the two passes then read whole vectors from L1.
@@ -331,13 +338,13 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
             let mut ls = LaneStats::<V, 1>::default();
             ls.fold(buf.as_ptr(), cols, lanes);
             ls.write(&mut stats);
-            let mut l = [T::F::ZERO; 16];
-            ls.l(0).store(l.as_mut_ptr());
+            let mut excess = [T::F::ZERO; 16];
+            ls.excess(0).store(excess.as_mut_ptr());
             for (i, s) in stats[..lanes].iter().enumerate() {
-                let l = l[i].to_f64();
-                op.done(r + i, s, l);
+                let e = excess[i].to_f64();
+                op.done(r + i, s, e);
                 if O::WRITES {
-                    op.write::<V>(r + i, 0..cols, s, l, sc);
+                    op.write::<V>(r + i, 0..cols, s, e, scratch);
                 }
             }
         }
@@ -349,16 +356,20 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
 /// Runs `op` over `rows` rows of `cols` values on mlecore's threads.
 pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
     let nseg = if O::STATS { segments(rows, cols) } else { 1 };
+    let tier = simd::tier();
     let run = |phase: &Phase, units: usize, unit_elems: usize| {
         for_blocks(units, unit_elems, |units| {
-            T::F::dispatch(Pass {
-                op,
-                cols,
-                nseg,
-                units,
-                phase,
-                _t: PhantomData::<T>,
-            })
+            T::F::dispatch(
+                tier,
+                Pass {
+                    op,
+                    cols,
+                    nseg,
+                    units,
+                    phase,
+                    _t: PhantomData::<T>,
+                },
+            )
         })
     };
     if nseg == 1 {
@@ -376,11 +387,11 @@ pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
         .chunks(nseg)
         .map(|c| {
             let s = c[1..].iter().fold(c[0], |a, b| a.merge(*b));
-            (s, s.l())
+            (s, s.excess())
         })
         .collect();
-    for (r, (s, l)) in merged.iter().enumerate() {
-        op.done(r, s, *l);
+    for (r, (s, excess)) in merged.iter().enumerate() {
+        op.done(r, s, *excess);
     }
     if O::WRITES {
         run(&Phase::SegWrite(&merged), rows * nseg, SEG_LEN);

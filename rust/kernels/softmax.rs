@@ -1,6 +1,7 @@
 //! Log-sum-exp, softmax and log-softmax over the rows of a C-contiguous matrix.
 
-use super::rows::{drive, fill, write_exp, write_log, RowOp, RowV, Scratch};
+use super::chunk::ScaledSoftmax;
+use super::rows::{drive, fill, write_exp, write_log, RowOp, RowWeights, Scratch};
 use super::stats::Stats;
 use crate::elem::Elem;
 use crate::error::{check_len, KernelError};
@@ -19,15 +20,15 @@ impl<T: Elem> RowOp<T> for Lse<'_, T> {
     fn row(&self, r: usize) -> *const T {
         self.x[r * self.cols..].as_ptr()
     }
-    fn v(&self, _r: usize) -> RowV<'_, T> {
-        RowV::None
+    fn weights(&self, _r: usize) -> RowWeights<'_, T> {
+        RowWeights::None
     }
     fn plain(&self) -> bool {
         true
     }
-    fn done(&self, r: usize, s: &Stats, l: f64) {
+    fn done(&self, r: usize, s: &Stats, excess: f64) {
         // SAFETY: each row is finished exactly once.
-        unsafe { self.out.set(r, T::from_f64(s.m + l)) }
+        unsafe { self.out.set(r, T::from_f64(s.m + excess)) }
     }
     #[inline(always)]
     unsafe fn write<V: SimdVec<F = T::F>>(
@@ -73,33 +74,39 @@ impl<T: Elem> RowOp<T> for Softmax<'_, T> {
     fn row(&self, r: usize) -> *const T {
         self.x.wrapping_add(r * self.cols)
     }
-    fn v(&self, _r: usize) -> RowV<'_, T> {
-        RowV::None
+    fn weights(&self, _r: usize) -> RowWeights<'_, T> {
+        RowWeights::None
     }
     fn plain(&self) -> bool {
         true
     }
-    fn done(&self, _r: usize, _s: &Stats, _l: f64) {}
+    fn done(&self, _r: usize, _s: &Stats, _excess: f64) {}
     #[inline(always)]
     unsafe fn write<V: SimdVec<F = T::F>>(
         &self,
         r: usize,
         range: Range<usize>,
         s: &Stats,
-        l: f64,
-        sc: &mut Scratch<T::F>,
+        excess: f64,
+        scratch: &mut Scratch<T::F>,
     ) {
         let (x, out) = (self.row(r), self.out.0.wrapping_add(r * self.cols));
-        let (m, l) = (T::F::from_f64(s.m), T::F::from_f64(l));
+        let (m, excess) = (T::F::from_f64(s.m), T::F::from_f64(excess));
         // SAFETY: the row holds `cols` values; this task owns `range` of it.
         unsafe {
             if s.m == f64::INFINITY || s.rest.is_nan() {
                 // torch's answer: a +inf or NaN logit makes the whole row NaN.
                 fill(out, range, f64::NAN);
             } else if self.log {
-                write_log::<T, V>(x, out, range, m, l, sc);
+                write_log::<T, V>(x, out, range, m, excess, scratch);
             } else {
-                write_exp::<T, V>(x, out, range, m, l, T::F::ONE, T::F::ZERO, RowV::None, sc);
+                let f = ScaledSoftmax {
+                    m,
+                    excess,
+                    p_scale: T::F::ONE,
+                    v_scale: T::F::ZERO,
+                };
+                write_exp::<T, V>(x, out, range, f, RowWeights::None, scratch);
             }
         }
     }

@@ -46,18 +46,18 @@ impl Stats {
     }
 
     /// lse − m, at full precision when the maximum dominates.
-    pub fn l(&self) -> f64 {
+    pub fn excess(&self) -> f64 {
         (self.cnt - 1.0 + self.rest).ln_1p()
     }
 
     /// Σ v·(lse − x): the v-weighted negative log-likelihood, computed without cancellation;
-    /// `l` is [`Stats::l`].
-    pub fn weighted_nll(&self, l: f64) -> f64 {
+    /// `excess` is [`Stats::excess`].
+    pub fn weighted_nll(&self, excess: f64) -> f64 {
         if self.vsum == 0.0 {
             // No weight on the row: also when lse is infinite (0·inf would be NaN).
             return -self.dot;
         }
-        self.vsum * ((self.m - self.shift) + l) - self.dot
+        self.vsum * ((self.m - self.shift) + excess) - self.dot
     }
 
     /// The statistics of both stretches together.

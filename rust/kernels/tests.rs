@@ -4,17 +4,43 @@
 use super::columns::logsumexp_axis;
 use super::cross_entropy::*;
 use super::softmax::*;
-use crate::elem::{Elem, CHUNK};
+use crate::elem::{Elem, Labels, CHUNK};
 use crate::error::KernelError;
-use crate::simd::{set_tier, Tier};
+use crate::parallel::{num_threads, set_num_threads};
+use crate::simd::{set_tier, tier, Tier};
 use half::{bf16, f16};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-/// Tests that switch the global tier or thread count hold this, so they do not interleave.
-static GLOBAL: Mutex<()> = Mutex::new(());
+/// The process-wide settings (SIMD tier, thread count), held by a test that changes them so
+/// that two such tests do not interleave, and put back as they were when it ends (also when
+/// it fails).
+struct Globals {
+    tier: Tier,
+    threads: usize,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Globals {
+    fn take() -> Globals {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        Globals {
+            tier: tier(),
+            threads: num_threads(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for Globals {
+    fn drop(&mut self) {
+        set_tier(self.tier);
+        set_num_threads(self.threads);
+    }
+}
 
 fn each_tier(mut f: impl FnMut(Tier)) {
-    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _globals = Globals::take();
     let mut done = Vec::new();
     for t in [Tier::Scalar, Tier::Neon, Tier::Avx2, Tier::Avx512] {
         let used = set_tier(t);
@@ -23,7 +49,6 @@ fn each_tier(mut f: impl FnMut(Tier)) {
             f(used);
         }
     }
-    set_tier(Tier::Avx512);
 }
 
 struct Rng(u64);
@@ -446,7 +471,7 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
     let target = if soft {
         Target::Probs(&probs)
     } else {
-        Target::Index(&case.labels[..])
+        Target::Index(Labels::from(&case.labels[..]))
     };
     let opts = CeOptions {
         weight: w.as_deref(),
@@ -568,7 +593,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
     let err = cross_entropy(
         &x,
         3,
-        Target::Index(&labels[..]),
+        Target::Index(Labels::from(&labels[..])),
         &opts,
         &mut loss,
         &mut lse,
@@ -586,7 +611,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
     let err = cross_entropy(
         &x,
         3,
-        Target::Index(&labels[..]),
+        Target::Index(Labels::from(&labels[..])),
         &opts,
         &mut loss,
         &mut lse,
@@ -599,7 +624,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
     let err = cross_entropy(
         &x,
         3,
-        Target::Index(&labels[..]),
+        Target::Index(Labels::from(&labels[..])),
         &opts,
         &mut loss,
         &mut lse,
@@ -610,7 +635,14 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         ..CeOptions::default()
     };
     let labels = [0i32; 4];
-    let err = cross_entropy(&x, 3, Target::Index(&labels[..]), &bad, &mut loss, &mut lse);
+    let err = cross_entropy(
+        &x,
+        3,
+        Target::Index(Labels::from(&labels[..])),
+        &bad,
+        &mut loss,
+        &mut lse,
+    );
     assert!(matches!(err, Err(KernelError::Shape(_))));
 }
 
@@ -628,7 +660,7 @@ fn ignored_rows_of_neg_inf_get_zero_gradient() {
     let s = cross_entropy_with_grad(
         io,
         3,
-        Target::Index(&labels[..]),
+        Target::Index(Labels::from(&labels[..])),
         &opts,
         Reduction::Mean,
         &mut loss,
@@ -649,7 +681,7 @@ fn zero_probability_on_neg_inf_logit_adds_nothing() {
     cross_entropy(
         &x,
         3,
-        Target::<f64, u8>::Probs(&t),
+        Target::<f64>::Probs(&t),
         &CeOptions::default(),
         &mut loss,
         &mut lse,
@@ -661,14 +693,14 @@ fn zero_probability_on_neg_inf_logit_adds_nothing() {
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
-    let _g = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _globals = Globals::take();
     let mut rng = Rng(9);
     // Many rows, and few long rows (split into segments).
     for (rows, cols) in [(3000, 257), (3, 200_003), (40, 3 * CHUNK + 5)] {
         let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
         let labels: Vec<u32> = (0..rows).map(|_| rng.below(cols) as u32).collect();
         let run = |threads| {
-            crate::parallel::set_num_threads(threads);
+            set_num_threads(threads);
             let (mut loss, mut lse, mut g) =
                 (vec![0.0; rows], vec![0f32; rows], vec![0f32; rows * cols]);
             let io = GradIo::Separate {
@@ -678,7 +710,7 @@ fn results_do_not_depend_on_the_thread_count() {
             let s = cross_entropy_with_grad(
                 io,
                 cols,
-                Target::Index(&labels[..]),
+                Target::Index(Labels::from(&labels[..])),
                 &CeOptions::default(),
                 Reduction::Mean,
                 &mut loss,
@@ -693,7 +725,7 @@ fn results_do_not_depend_on_the_thread_count() {
     for (steps, inner) in [(20_000, 37), (300, 1000)] {
         let x: Vec<f32> = (0..steps * inner).map(|_| rng.normal() as f32).collect();
         let run = |threads| {
-            crate::parallel::set_num_threads(threads);
+            set_num_threads(threads);
             let mut out = vec![0f32; inner];
             logsumexp_axis(&x, 1, steps, inner, &mut out).unwrap();
             out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()

@@ -252,19 +252,13 @@ pub trait Float:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INF: Self;
-    const NAN: Self;
     fn to_f64(self) -> f64;
     fn from_f64(x: f64) -> Self;
     /// Scalar e^x with the same edge semantics as [`SimdVec::exp`].
     fn exp_scalar(self) -> Self;
-    fn is_nan(self) -> bool;
     /// Runs `k` with the vector type of `tier` (or of the widest tier the CPU has, if lower).
-    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out;
-    /// Runs `k` with the vector type of the tier in use ([`tier`]).
-    #[inline]
-    fn dispatch<K: Kernel<F = Self>>(k: K) -> K::Out {
-        Self::dispatch_on(tier(), k)
-    }
+    /// Kernels read [`tier`] once per call and pass it to every task.
+    fn dispatch<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out;
 }
 
 /// A vector of `LANES` floats of one tier.
@@ -366,8 +360,21 @@ impl Tier {
     }
 }
 
-/// The widest tier this CPU supports.
+/// The widest tier this CPU supports, detected once per process: every kernel task asks
+/// ([`cap`]), and an atomic, unlike a once-cell, cannot be left locked by a `fork()`.
 pub fn detected_tier() -> Tier {
+    static DETECTED: AtomicU8 = AtomicU8::new(0);
+    match DETECTED.load(Ordering::Relaxed) {
+        0 => {
+            let t = detect();
+            DETECTED.store(t as u8, Ordering::Relaxed);
+            t
+        }
+        v => Tier::from_u8(v),
+    }
+}
+
+fn detect() -> Tier {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512::supported() {
@@ -424,7 +431,6 @@ impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INF: Self = f32::NEG_INFINITY;
-    const NAN: Self = f32::NAN;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
@@ -441,11 +447,7 @@ impl Float for f32 {
             self.exp()
         }
     }
-    #[inline(always)]
-    fn is_nan(self) -> bool {
-        f32::is_nan(self)
-    }
-    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
+    fn dispatch<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
         match cap(tier) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `cap` returns only tiers this CPU has.
@@ -465,7 +467,6 @@ impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INF: Self = f64::NEG_INFINITY;
-    const NAN: Self = f64::NAN;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
@@ -482,11 +483,7 @@ impl Float for f64 {
             self.exp()
         }
     }
-    #[inline(always)]
-    fn is_nan(self) -> bool {
-        f64::is_nan(self)
-    }
-    fn dispatch_on<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
+    fn dispatch<K: Kernel<F = Self>>(tier: Tier, k: K) -> K::Out {
         match cap(tier) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `cap` returns only tiers this CPU has.

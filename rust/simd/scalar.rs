@@ -1,5 +1,6 @@
-//! The portable tier: one lane, plain Rust. It is the fallback on CPUs without AVX2 (and on
-//! aarch64), and the reference every vector tier is tested against.
+//! The portable tier: one lane, plain Rust. It is the fallback on x86-64 CPUs without AVX2
+//! and on every other architecture but aarch64 (which has NEON), and the reference every
+//! vector tier is tested against.
 
 use super::{Float, SimdVec};
 

@@ -68,7 +68,7 @@ impl<F: Float> Kernel for Apply<'_, F> {
 
 fn apply<F: Float>(tier: Tier, op: Unary, x: &[F]) -> Vec<F> {
     let mut out = vec![F::ZERO; x.len()];
-    F::dispatch_on(
+    F::dispatch(
         tier,
         Apply {
             op,
@@ -282,7 +282,7 @@ fn masked_and_horizontal_ops_agree_across_tiers() {
     };
     for tier in tiers() {
         let mut res = Vec::new();
-        f32::dispatch_on(
+        f32::dispatch(
             tier,
             Ops {
                 x: &x,
