@@ -1,23 +1,31 @@
-//! The thin PyO3 layer: borrows numpy memory without copying (C-contiguous arrays; the Python
-//! package makes them so), releases the GIL around every kernel, and turns kernel errors into
-//! Python exceptions. Shapes, dtypes and options are validated by the Python package first;
-//! what is checked again here becomes a `ValueError`, never a panic.
+//! The thin PyO3 layer: borrows numpy memory without copying (C-contiguous, aligned arrays;
+//! the Python package makes them so), releases the GIL around every kernel, and turns kernel
+//! errors into Python exceptions. Shapes, dtypes and options are validated by the Python
+//! package first; what is checked again here becomes a `ValueError` or `TypeError`, never a
+//! panic.
+//!
+//! Dtypes are dispatched by type: each argument is extracted into an enum of the arrays the
+//! kernels take (`#[derive(FromPyObject)]`), and one `match` picks the instantiation.
 
-use crate::elem::Elem;
+use crate::elem::{Elem, Labels};
 use crate::error::KernelError;
-use crate::kernels::cross_entropy as ce;
+use crate::kernels::columns;
+use crate::kernels::cross_entropy::{self as ce, CeOptions, GradIo, Reduction, Scale, Target};
 use crate::kernels::softmax;
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
+use numpy::ndarray::Dimension;
 use numpy::{
-    Element, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
-    PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
+    Element, Ix1, Ix2, Ix3, PyArray, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
+    PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn to_py(e: KernelError) -> PyErr {
     match e {
+        // The position and value travel as arguments: the Python package rewords the error
+        // in terms of the caller's target shape.
         KernelError::TargetOutOfBounds {
             position, value, ..
         } => PyIndexError::new_err((e.to_string(), position, value)),
@@ -25,8 +33,27 @@ fn to_py(e: KernelError) -> PyErr {
     }
 }
 
-fn contiguous<T>(r: Result<T, numpy::AsSliceError>, what: &str) -> PyResult<T> {
-    r.map_err(|_| PyValueError::new_err(format!("{what} must be C-contiguous")))
+/// Runs a kernel with the GIL released.
+fn run<R: Send>(py: Python<'_>, f: impl FnOnce() -> Result<R, KernelError> + Send) -> PyResult<R> {
+    py.detach(f).map_err(to_py)
+}
+
+fn slice<'a, T: Element, D: Dimension>(
+    a: &'a PyReadonlyArray<'_, T, D>,
+    what: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| layout_error(what))
+}
+
+fn slice_mut<'a, T: Element, D: Dimension>(
+    a: &'a mut PyReadwriteArray<'_, T, D>,
+    what: &str,
+) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut().map_err(|_| layout_error(what))
+}
+
+fn layout_error(what: &str) -> PyErr {
+    PyValueError::new_err(format!("{what} must be C-contiguous and aligned"))
 }
 
 /// A storage type as numpy holds it: bfloat16 travels as its uint16 bits.
@@ -61,337 +88,416 @@ impl NpElem for bf16 {
     }
 }
 
-/// Calls `$f::<T>` for the storage type of the array `$x`.
-macro_rules! by_dtype {
-    ($x:expr, $f:ident ( $($arg:expr),* )) => {{
-        let dt = $x.cast::<PyUntypedArray>()?.dtype();
-        let py = $x.py();
-        if dt.is_equiv_to(&numpy::dtype::<f32>(py)) {
-            $f::<f32>($($arg),*)
-        } else if dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
-            $f::<f64>($($arg),*)
-        } else if dt.is_equiv_to(&numpy::dtype::<f16>(py)) {
-            $f::<f16>($($arg),*)
-        } else if dt.is_equiv_to(&numpy::dtype::<u16>(py)) {
-            $f::<bf16>($($arg),*)
-        } else {
-            Err(PyTypeError::new_err(format!(
-                "unsupported dtype {dt}: expected float32, float64, float16 (or bfloat16 bits)"
-            )))
-        }
-    }};
+/// A matrix of a storage type the kernels take.
+#[derive(FromPyObject)]
+enum Floats<'py> {
+    F32(Bound<'py, PyArray<f32, Ix2>>),
+    F64(Bound<'py, PyArray<f64, Ix2>>),
+    F16(Bound<'py, PyArray<f16, Ix2>>),
+    /// bfloat16, as its bits (numpy has no bfloat16).
+    Bf16(Bound<'py, PyArray<u16, Ix2>>),
 }
 
-/// Calls `$body` with `$y` bound to the class-index slice of `$target`, for every integer
-/// dtype, or returns `None` when `$target` is not an integer array.
-macro_rules! by_label {
-    ($target:expr, |$y:ident| $body:expr) => {
-        by_label!(@each $target, $y, $body; i64, i32, i16, i8, u64, u32, u16, u8)
-    };
-    (@each $target:expr, $y:ident, $body:expr; $($t:ty),*) => {{
-        let t = $target;
-        let mut out = None;
-        $(
-            if out.is_none() {
-                if let Ok(a) = t.extract::<PyReadonlyArray1<$t>>() {
-                    let $y = contiguous(a.as_slice(), "target")?;
-                    out = Some($body);
-                }
-            }
-        )*
-        out
-    }};
+/// A float32 or float64 3-d array (the column kernel's input).
+#[derive(FromPyObject)]
+enum Wide<'py> {
+    F32(Bound<'py, PyArray<f32, Ix3>>),
+    F64(Bound<'py, PyArray<f64, Ix3>>),
 }
 
-fn lse_impl<T: NpElem>(x: &Bound<PyAny>, out: &Bound<PyAny>) -> PyResult<()> {
-    let x: PyReadonlyArray2<T::Np> = x.extract()?;
-    let mut out: PyReadwriteArray1<T::Np> = out.extract()?;
-    let cols = x.shape()[1];
-    let xs = T::cast(contiguous(x.as_slice(), "input")?);
-    let os = T::cast_mut(contiguous(out.as_slice_mut(), "out")?);
-    x.py()
-        .detach(|| softmax::logsumexp_rows(xs, cols, os))
-        .map_err(to_py)
+fn unsupported(x: &Bound<PyAny>, ndim: usize, expected: &str) -> PyErr {
+    PyTypeError::new_err(match x.cast::<PyUntypedArray>() {
+        Ok(a) => format!(
+            "unsupported dtype {} or shape: expected a {ndim}-d array of {expected}, got a \
+             {}-d array",
+            a.dtype(),
+            a.ndim()
+        ),
+        Err(_) => format!(
+            "unsupported input: expected a {ndim}-d array of {expected}, got {}",
+            x.get_type()
+        ),
+    })
+}
+
+const FLOATS: &str = "float32, float64, float16 (or bfloat16 bits)";
+
+fn floats2<'py>(x: &Bound<'py, PyAny>) -> PyResult<Floats<'py>> {
+    x.extract().map_err(|_| unsupported(x, 2, FLOATS))
+}
+
+/// An output of element type `E` and dimension `D`, borrowed for writing.
+fn output<'py, E: Element, D: Dimension>(
+    out: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<PyReadwriteArray<'py, E, D>> {
+    let a = out.cast::<PyArray<E, D>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a {}-d array of {}",
+            D::NDIM.unwrap_or(0),
+            std::any::type_name::<E>()
+        ))
+    })?;
+    a.try_readwrite()
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
+
+fn input<'py, T: Element, D: Dimension>(
+    a: &Bound<'py, PyArray<T, D>>,
+) -> PyResult<PyReadonlyArray<'py, T, D>> {
+    a.try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("input: {e}")))
+}
+
+fn lse<T: NpElem>(x: &Bound<PyArray<T::Np, Ix2>>, out: &Bound<PyAny>) -> PyResult<()> {
+    let xr = input(x)?;
+    let mut or = output::<T::Np, Ix1>(out, "out")?;
+    let cols = xr.shape()[1];
+    let (xs, os) = (
+        T::cast(slice(&xr, "input")?),
+        T::cast_mut(slice_mut(&mut or, "out")?),
+    );
+    run(x.py(), || softmax::logsumexp_rows(xs, cols, os))
 }
 
 /// logsumexp over the last axis of a C-contiguous 2-D array, into `out` (one per row).
 #[pyfunction]
 fn logsumexp_rows(x: &Bound<PyAny>, out: &Bound<PyAny>) -> PyResult<()> {
-    by_dtype!(x, lse_impl(x, out))
+    match floats2(x)? {
+        Floats::F32(x) => lse::<f32>(&x, out),
+        Floats::F64(x) => lse::<f64>(&x, out),
+        Floats::F16(x) => lse::<f16>(&x, out),
+        Floats::Bf16(x) => lse::<bf16>(&x, out),
+    }
 }
 
-fn axis_impl<F: crate::simd::Float + Element>(
-    x: &Bound<PyAny>,
+fn lse_axis<F: crate::simd::Float + Element>(
+    x: &Bound<PyArray<F, Ix3>>,
     out: &Bound<PyAny>,
 ) -> PyResult<()> {
-    let x: numpy::PyReadonlyArray3<F> = x.extract()?;
-    let mut out: PyReadwriteArray2<F> = out.extract()?;
-    let (outer, steps, inner) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-    let xs = contiguous(x.as_slice(), "input")?;
-    let os = contiguous(out.as_slice_mut(), "out")?;
-    x.py()
-        .detach(|| crate::kernels::columns::logsumexp_axis(xs, outer, steps, inner, os))
-        .map_err(to_py)
+    let xr = input(x)?;
+    let mut or = output::<F, Ix2>(out, "out")?;
+    let (outer, steps, inner) = (xr.shape()[0], xr.shape()[1], xr.shape()[2]);
+    let (xs, os) = (slice(&xr, "input")?, slice_mut(&mut or, "out")?);
+    run(x.py(), || {
+        columns::logsumexp_axis(xs, outer, steps, inner, os)
+    })
 }
 
 /// logsumexp over axis 1 of a C-contiguous 3-D float32/float64 array, into `out` (2-D).
 #[pyfunction]
 fn logsumexp_axis(x: &Bound<PyAny>, out: &Bound<PyAny>) -> PyResult<()> {
-    let dt = x.cast::<PyUntypedArray>()?.dtype();
-    if dt.is_equiv_to(&numpy::dtype::<f32>(x.py())) {
-        axis_impl::<f32>(x, out)
-    } else if dt.is_equiv_to(&numpy::dtype::<f64>(x.py())) {
-        axis_impl::<f64>(x, out)
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "unsupported dtype {dt}: expected float32 or float64"
-        )))
+    let wide: Wide = x
+        .extract()
+        .map_err(|_| unsupported(x, 3, "float32 or float64"))?;
+    match wide {
+        Wide::F32(x) => lse_axis::<f32>(&x, out),
+        Wide::F64(x) => lse_axis::<f64>(&x, out),
     }
 }
 
-fn softmax_impl<T: NpElem>(x: &Bound<PyAny>, out: &Bound<PyAny>, log: bool) -> PyResult<()> {
-    let x: PyReadonlyArray2<T::Np> = x.extract()?;
-    let mut out: PyReadwriteArray2<T::Np> = out.extract()?;
-    let cols = x.shape()[1];
-    let xs = T::cast(contiguous(x.as_slice(), "input")?);
-    let os = T::cast_mut(contiguous(out.as_slice_mut(), "out")?);
+fn softmax_typed<T: NpElem>(
+    x: &Bound<PyArray<T::Np, Ix2>>,
+    out: &Bound<PyAny>,
+    log: bool,
+) -> PyResult<()> {
+    let xr = input(x)?;
+    let mut or = output::<T::Np, Ix2>(out, "out")?;
+    let cols = xr.shape()[1];
+    let (xs, os) = (
+        T::cast(slice(&xr, "input")?),
+        T::cast_mut(slice_mut(&mut or, "out")?),
+    );
     crate::memory::advise_huge_pages(os);
-    x.py()
-        .detach(|| softmax::softmax_rows(Some(xs), os, cols, log))
-        .map_err(to_py)
+    run(x.py(), || softmax::softmax_rows(Some(xs), os, cols, log))
 }
 
 /// softmax (or log-softmax) over the last axis of a C-contiguous 2-D array, into `out`.
 #[pyfunction]
 fn softmax_rows(x: &Bound<PyAny>, out: &Bound<PyAny>, log: bool) -> PyResult<()> {
-    by_dtype!(x, softmax_impl(x, out, log))
+    match floats2(x)? {
+        Floats::F32(x) => softmax_typed::<f32>(&x, out, log),
+        Floats::F64(x) => softmax_typed::<f64>(&x, out, log),
+        Floats::F16(x) => softmax_typed::<f16>(&x, out, log),
+        Floats::Bf16(x) => softmax_typed::<bf16>(&x, out, log),
+    }
 }
 
-/// Options shared by the cross-entropy entry points.
-struct Opts<'py> {
-    target: Bound<'py, PyAny>,
+/// Class indices of any integer dtype, borrowed for reading.
+#[derive(FromPyObject)]
+enum LabelArray<'py> {
+    I64(PyReadonlyArray1<'py, i64>),
+    I32(PyReadonlyArray1<'py, i32>),
+    I16(PyReadonlyArray1<'py, i16>),
+    I8(PyReadonlyArray1<'py, i8>),
+    U64(PyReadonlyArray1<'py, u64>),
+    U32(PyReadonlyArray1<'py, u32>),
+    U16(PyReadonlyArray1<'py, u16>),
+    U8(PyReadonlyArray1<'py, u8>),
+}
+
+impl LabelArray<'_> {
+    fn labels(&self) -> PyResult<Labels<'_>> {
+        Ok(match self {
+            LabelArray::I64(a) => Labels::I64(slice(a, "target")?),
+            LabelArray::I32(a) => Labels::I32(slice(a, "target")?),
+            LabelArray::I16(a) => Labels::I16(slice(a, "target")?),
+            LabelArray::I8(a) => Labels::I8(slice(a, "target")?),
+            LabelArray::U64(a) => Labels::U64(slice(a, "target")?),
+            LabelArray::U32(a) => Labels::U32(slice(a, "target")?),
+            LabelArray::U16(a) => Labels::U16(slice(a, "target")?),
+            LabelArray::U8(a) => Labels::U8(slice(a, "target")?),
+        })
+    }
+}
+
+/// Class indices, or anything else (then probabilities of the input's dtype, checked when
+/// the input's type is known).
+#[derive(FromPyObject)]
+enum TargetArray<'py> {
+    Index(LabelArray<'py>),
+    Probs(Bound<'py, PyAny>),
+}
+
+/// A cross-entropy problem in row form, read from the attributes of the Python package's
+/// problem object: the same five arguments for the forward, fused and backward kernels.
+#[derive(FromPyObject)]
+struct CeArgs<'py> {
+    #[pyo3(from_py_with = floats2)]
+    x: Floats<'py>,
+    target: TargetArray<'py>,
     weight: Option<Bound<'py, PyAny>>,
     ignore_index: i64,
     label_smoothing: f64,
 }
 
-/// Runs `$call` with `target` (a [`ce::Target`]) and `opts` (a [`ce::CeOptions`]) built
-/// from `$o` for storage type `$T`.
-macro_rules! with_target {
-    ($T:ty, $o:expr, |$target:ident, $opts:ident| $call:expr) => {{
-        let o = $o;
-        let w: Option<PyReadonlyArray1<<$T as Elem>::F>> =
-            o.weight.as_ref().map(|w| w.extract()).transpose()?;
-        let w = match &w {
-            Some(w) => Some(contiguous(w.as_slice(), "weight")?),
+/// The arrays of a [`CeArgs`] for storage type `T`, borrowed for reading.
+struct CeBorrow<'py, T: NpElem> {
+    probs: Option<PyReadonlyArray<'py, T::Np, Ix2>>,
+    weight: Option<PyReadonlyArray1<'py, T::F>>,
+}
+
+impl<'py, T: NpElem> CeBorrow<'py, T> {
+    fn new(args: &CeArgs<'py>) -> PyResult<Self> {
+        let probs = match &args.target {
+            TargetArray::Index(_) => None,
+            TargetArray::Probs(t) => Some(
+                t.extract()
+                    .map_err(|_| unsupported(t, 2, "class indices or the input's dtype"))?,
+            ),
+        };
+        let weight = match &args.weight {
             None => None,
+            Some(w) => Some(w.extract().map_err(|_| {
+                PyTypeError::new_err("weight must be a 1-d array of the compute dtype")
+            })?),
         };
-        let $opts = ce::CeOptions {
-            weight: w,
-            ignore_index: o.ignore_index,
-            label_smoothing: o.label_smoothing,
-        };
-        let labelled = by_label!(&o.target, |y| {
-            let $target = ce::Target::<$T, _>::Index(y);
-            $call
-        });
-        match labelled {
-            Some(r) => r,
-            None => {
-                let t: PyReadonlyArray2<<$T as NpElem>::Np> = o.target.extract()?;
-                let t = <$T>::cast(contiguous(t.as_slice(), "target")?);
-                let $target = ce::Target::<$T, u8>::Probs(t);
-                $call
-            }
-        }
-    }};
+        Ok(CeBorrow { probs, weight })
+    }
+
+    fn target<'a>(&'a self, args: &'a CeArgs<'py>) -> PyResult<Target<'a, T>> {
+        Ok(match (&args.target, &self.probs) {
+            (TargetArray::Index(y), _) => Target::Index(y.labels()?),
+            (_, Some(p)) => Target::Probs(T::cast(slice(p, "target")?)),
+            (TargetArray::Probs(_), None) => unreachable!("probabilities are borrowed in new"),
+        })
+    }
+
+    fn options<'a>(&'a self, args: &CeArgs<'py>) -> PyResult<CeOptions<'a, T::F>> {
+        Ok(CeOptions {
+            weight: self
+                .weight
+                .as_ref()
+                .map(|w| slice(w, "weight"))
+                .transpose()?,
+            ignore_index: args.ignore_index,
+            label_smoothing: args.label_smoothing,
+        })
+    }
 }
 
-fn run<R: Send>(py: Python<'_>, f: impl FnOnce() -> Result<R, KernelError> + Send) -> PyResult<R> {
-    py.detach(f).map_err(to_py)
-}
-
-fn summary(s: ce::CeSummary) -> (f64, f64) {
-    (s.total, s.denom)
-}
-
-fn ce_impl<T: NpElem>(
-    x: &Bound<PyAny>,
-    o: &Opts,
+fn ce_forward<T: NpElem>(
+    x: &Bound<PyArray<T::Np, Ix2>>,
+    args: &CeArgs,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
 ) -> PyResult<(f64, f64)> {
-    let py = x.py();
-    let xa: PyReadonlyArray2<T::Np> = x.extract()?;
-    let cols = xa.shape()[1];
-    let xs = T::cast(contiguous(xa.as_slice(), "input")?);
-    let mut loss: PyReadwriteArray1<f64> = loss.extract()?;
-    let mut lse: PyReadwriteArray1<T::F> = lse.extract()?;
-    let (ls, es) = (
-        contiguous(loss.as_slice_mut(), "loss")?,
-        contiguous(lse.as_slice_mut(), "lse")?,
-    );
-    with_target!(T, o, |target, opts| run(py, || {
-        ce::cross_entropy(xs, cols, target, &opts, ls, es).map(summary)
-    }))
+    let xr = input(x)?;
+    let cols = xr.shape()[1];
+    let xs = T::cast(slice(&xr, "input")?);
+    let b = CeBorrow::<T>::new(args)?;
+    let (target, opts) = (b.target(args)?, b.options(args)?);
+    let mut loss = output::<f64, Ix1>(loss, "loss")?;
+    let mut lse = output::<T::F, Ix1>(lse, "lse")?;
+    let (ls, es) = (slice_mut(&mut loss, "loss")?, slice_mut(&mut lse, "lse")?);
+    run(x.py(), || {
+        ce::cross_entropy(xs, cols, target, &opts, ls, es).map(|s| (s.total, s.denom))
+    })
 }
 
-/// Cross-entropy forward over rows: per-row losses into `loss` (float64), log-sum-exps into
-/// `lse`; returns (Σ loss, mean denominator).
+/// Cross-entropy forward over rows of `problem` (an object with attributes `x`, `target`,
+/// `weight`, `ignore_index`, `label_smoothing`): per-row losses into `loss` (float64),
+/// log-sum-exps into `lse`; returns (Σ loss, mean denominator).
 #[pyfunction]
-#[pyo3(signature = (x, target, weight, ignore_index, label_smoothing, loss, lse))]
 fn cross_entropy_rows(
-    x: &Bound<PyAny>,
-    target: Bound<PyAny>,
-    weight: Option<Bound<PyAny>>,
-    ignore_index: i64,
-    label_smoothing: f64,
+    problem: CeArgs,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
 ) -> PyResult<(f64, f64)> {
-    let o = Opts {
-        target,
-        weight,
-        ignore_index,
-        label_smoothing,
-    };
-    by_dtype!(x, ce_impl(x, &o, loss, lse))
+    match &problem.x {
+        Floats::F32(x) => ce_forward::<f32>(x, &problem, loss, lse),
+        Floats::F64(x) => ce_forward::<f64>(x, &problem, loss, lse),
+        Floats::F16(x) => ce_forward::<f16>(x, &problem, loss, lse),
+        Floats::Bf16(x) => ce_forward::<bf16>(x, &problem, loss, lse),
+    }
 }
 
-fn parse_reduction(s: &str) -> PyResult<ce::Reduction> {
+fn parse_reduction(s: &str) -> PyResult<Reduction> {
     match s {
-        "none" => Ok(ce::Reduction::None),
-        "mean" => Ok(ce::Reduction::Mean),
-        "sum" => Ok(ce::Reduction::Sum),
+        "none" => Ok(Reduction::None),
+        "mean" => Ok(Reduction::Mean),
+        "sum" => Ok(Reduction::Sum),
         _ => Err(PyValueError::new_err(format!(
             "reduction must be 'none', 'mean' or 'sum', got {s:?}"
         ))),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn ce_grad_impl<T: NpElem>(
-    x: &Bound<PyAny>,
-    o: &Opts,
-    reduction: ce::Reduction,
+fn ce_fused<T: NpElem>(
+    x: &Bound<PyArray<T::Np, Ix2>>,
+    args: &CeArgs,
+    reduction: Reduction,
     grad: Option<&Bound<PyAny>>,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
 ) -> PyResult<(f64, f64)> {
     let py = x.py();
-    let mut loss: PyReadwriteArray1<f64> = loss.extract()?;
-    let mut lse: PyReadwriteArray1<T::F> = lse.extract()?;
-    let (ls, es) = (
-        contiguous(loss.as_slice_mut(), "loss")?,
-        contiguous(lse.as_slice_mut(), "lse")?,
-    );
+    let b = CeBorrow::<T>::new(args)?;
+    let (target, opts) = (b.target(args)?, b.options(args)?);
+    let mut loss = output::<f64, Ix1>(loss, "loss")?;
+    let mut lse = output::<T::F, Ix1>(lse, "lse")?;
+    let (ls, es) = (slice_mut(&mut loss, "loss")?, slice_mut(&mut lse, "lse")?);
+    let cols = x.shape()[1];
+    let mut fused = |io: GradIo<'_, T>| {
+        run(py, || {
+            ce::cross_entropy_with_grad(io, cols, target, &opts, reduction, ls, es)
+                .map(|s| (s.total, s.denom))
+        })
+    };
     match grad {
         Some(g) => {
-            let xa: PyReadonlyArray2<T::Np> = x.extract()?;
-            let cols = xa.shape()[1];
-            let xs = T::cast(contiguous(xa.as_slice(), "input")?);
-            let mut ga: PyReadwriteArray2<T::Np> = g
-                .extract()
-                .map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
-            let gs = T::cast_mut(contiguous(ga.as_slice_mut(), "out")?);
+            let xr = input(x)?;
+            let mut gw = output::<T::Np, Ix2>(g, "out")?;
+            let gs = T::cast_mut(slice_mut(&mut gw, "out")?);
             crate::memory::advise_huge_pages(gs);
-            with_target!(T, o, |target, opts| run(py, || {
-                let io = ce::GradIo::Separate { x: xs, grad: gs };
-                ce::cross_entropy_with_grad(io, cols, target, &opts, reduction, ls, es).map(summary)
-            }))
+            fused(GradIo::Separate {
+                x: T::cast(slice(&xr, "input")?),
+                grad: gs,
+            })
         }
         None => {
-            let mut xa: PyReadwriteArray2<T::Np> = x.extract()?;
-            let cols = xa.shape()[1];
-            let xs = T::cast_mut(contiguous(xa.as_slice_mut(), "input")?);
-            with_target!(T, o, |target, opts| run(py, || {
-                let io = ce::GradIo::InPlace(xs);
-                ce::cross_entropy_with_grad(io, cols, target, &opts, reduction, ls, es).map(summary)
-            }))
+            let mut xw = x
+                .try_readwrite()
+                .map_err(|e| PyValueError::new_err(format!("input: {e}")))?;
+            fused(GradIo::InPlace(T::cast_mut(slice_mut(&mut xw, "input")?)))
         }
     }
 }
 
-/// Fused cross-entropy forward and gradient over rows. `grad=None` writes the gradient over
-/// `x` itself. Returns (Σ loss, mean denominator).
+/// Fused cross-entropy forward and gradient over the rows of `problem`. `grad=None` writes
+/// the gradient over `problem.x` itself. Returns (Σ loss, mean denominator).
 #[pyfunction]
-#[pyo3(signature = (x, target, weight, ignore_index, label_smoothing, reduction, grad, loss, lse))]
-#[allow(clippy::too_many_arguments)]
 fn cross_entropy_grad_rows(
-    x: &Bound<PyAny>,
-    target: Bound<PyAny>,
-    weight: Option<Bound<PyAny>>,
-    ignore_index: i64,
-    label_smoothing: f64,
+    problem: CeArgs,
     reduction: &str,
     grad: Option<Bound<PyAny>>,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
 ) -> PyResult<(f64, f64)> {
-    let reduction = parse_reduction(reduction)?;
-    let o = Opts {
-        target,
-        weight,
-        ignore_index,
-        label_smoothing,
-    };
-    by_dtype!(x, ce_grad_impl(x, &o, reduction, grad.as_ref(), loss, lse))
+    let r = parse_reduction(reduction)?;
+    let g = grad.as_ref();
+    match &problem.x {
+        Floats::F32(x) => ce_fused::<f32>(x, &problem, r, g, loss, lse),
+        Floats::F64(x) => ce_fused::<f64>(x, &problem, r, g, loss, lse),
+        Floats::F16(x) => ce_fused::<f16>(x, &problem, r, g, loss, lse),
+        Floats::Bf16(x) => ce_fused::<bf16>(x, &problem, r, g, loss, lse),
+    }
 }
 
-fn ce_back_impl<T: NpElem>(
-    x: &Bound<PyAny>,
-    o: &Opts,
+/// How the backward pass scales each row's gradient: one factor, or one per row.
+struct GradScale<'py> {
+    uniform: f64,
+    rows: Option<PyReadonlyArray1<'py, f64>>,
+}
+
+fn ce_backward<T: NpElem>(
+    x: &Bound<PyArray<T::Np, Ix2>>,
+    args: &CeArgs,
     lse: &Bound<PyAny>,
-    scale: f64,
-    scale_rows: Option<&Bound<PyAny>>,
+    scale: &GradScale,
     grad: &Bound<PyAny>,
 ) -> PyResult<()> {
-    let py = x.py();
-    let xa: PyReadonlyArray2<T::Np> = x.extract()?;
-    let cols = xa.shape()[1];
-    let xs = T::cast(contiguous(xa.as_slice(), "input")?);
-    let lse: PyReadonlyArray1<T::F> = lse.extract()?;
-    let es = contiguous(lse.as_slice(), "lse")?;
-    let rows: Option<PyReadonlyArray1<f64>> = scale_rows.map(|s| s.extract()).transpose()?;
-    let rs = match &rows {
-        Some(r) => Some(contiguous(r.as_slice(), "grad_output")?),
-        None => None,
+    let xr = input(x)?;
+    let cols = xr.shape()[1];
+    let xs = T::cast(slice(&xr, "input")?);
+    let b = CeBorrow::<T>::new(args)?;
+    let (target, opts) = (b.target(args)?, b.options(args)?);
+    let lse: PyReadonlyArray1<T::F> = lse
+        .extract()
+        .map_err(|_| PyTypeError::new_err("lse must be a 1-d array of the compute dtype"))?;
+    let es = slice(&lse, "lse")?;
+    let scale = match &scale.rows {
+        Some(r) => Scale::PerRow(slice(r, "grad_output")?),
+        None => Scale::Uniform(scale.uniform),
     };
-    let mut ga: PyReadwriteArray2<T::Np> = grad.extract()?;
-    let gs = T::cast_mut(contiguous(ga.as_slice_mut(), "grad")?);
+    let mut gw = output::<T::Np, Ix2>(grad, "grad")?;
+    let gs = T::cast_mut(slice_mut(&mut gw, "grad")?);
     crate::memory::advise_huge_pages(gs);
-    let scale = rs.map_or(ce::Scale::Uniform(scale), ce::Scale::PerRow);
-    with_target!(T, o, |target, opts| run(py, || {
+    run(x.py(), || {
         ce::cross_entropy_backward(xs, cols, target, &opts, es, scale, gs)
-    }))
+    })
 }
 
-/// Cross-entropy gradient over rows from saved log-sum-exps, scaled by `scale` or by
-/// `scale_rows` (one factor per row), into `grad`.
+/// Cross-entropy gradient over the rows of `problem` from saved log-sum-exps, scaled by
+/// `scale` or by `scale_rows` (one factor per row), into `grad`.
 #[pyfunction]
-#[pyo3(signature = (x, target, weight, ignore_index, label_smoothing, lse, scale, scale_rows, grad))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (problem, lse, scale, scale_rows, grad))]
 fn cross_entropy_backward_rows(
-    x: &Bound<PyAny>,
-    target: Bound<PyAny>,
-    weight: Option<Bound<PyAny>>,
-    ignore_index: i64,
-    label_smoothing: f64,
+    problem: CeArgs,
     lse: &Bound<PyAny>,
     scale: f64,
-    scale_rows: Option<Bound<PyAny>>,
+    scale_rows: Option<PyReadonlyArray1<f64>>,
     grad: &Bound<PyAny>,
 ) -> PyResult<()> {
-    let o = Opts {
-        target,
-        weight,
-        ignore_index,
-        label_smoothing,
+    let s = GradScale {
+        uniform: scale,
+        rows: scale_rows,
     };
-    by_dtype!(
-        x,
-        ce_back_impl(x, &o, lse, scale, scale_rows.as_ref(), grad)
-    )
+    match &problem.x {
+        Floats::F32(x) => ce_backward::<f32>(x, &problem, lse, &s, grad),
+        Floats::F64(x) => ce_backward::<f64>(x, &problem, lse, &s, grad),
+        Floats::F16(x) => ce_backward::<f16>(x, &problem, lse, &s, grad),
+        Floats::Bf16(x) => ce_backward::<bf16>(x, &problem, lse, &s, grad),
+    }
+}
+
+/// Checks class indices against `classes` (for losses computed outside the kernels); returns
+/// the `mean` denominator: the summed `weight` (float64) of the non-ignored labels, or their
+/// count.
+#[pyfunction]
+#[pyo3(signature = (target, classes, ignore_index, weight=None))]
+fn check_labels(
+    py: Python<'_>,
+    target: LabelArray,
+    classes: usize,
+    ignore_index: i64,
+    weight: Option<PyReadonlyArray1<f64>>,
+) -> PyResult<f64> {
+    let labels = target.labels()?;
+    let w = weight.as_ref().map(|w| slice(w, "weight")).transpose()?;
+    run(py, || {
+        ce::check_class_indices(labels, classes, ignore_index, w)
+    })
 }
 
 /// Sets the number of threads the kernels use.
@@ -412,7 +518,7 @@ fn get_num_threads() -> usize {
     crate::parallel::num_threads()
 }
 
-/// The SIMD tier in use ("avx512", "avx2+fma" or "scalar").
+/// The SIMD tier in use ("avx512", "avx2+fma", "neon" or "scalar").
 #[pyfunction]
 fn simd_tier() -> &'static str {
     crate::simd::tier().name()
@@ -444,6 +550,7 @@ fn _mlecore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cross_entropy_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_grad_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_backward_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(check_labels, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_tier, m)?)?;
