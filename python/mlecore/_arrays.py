@@ -17,6 +17,27 @@ try:  # numpy >= 2
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.numeric import normalize_axis_tuple
 
+
+def native(a: np.ndarray) -> np.ndarray:
+    """`a` in native byte order and aligned (as the kernels read memory), copying only when
+    it is not: arrays from network buffers, pickle-5 and memory-mapped files can start at an
+    odd address."""
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if not a.flags.aligned:
+        a = a.copy()
+    return a
+
+
+def label_mask(t: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Where class indices `t` are not `ignore_index`, compared exactly: an ignore_index that
+    `t`'s dtype cannot hold matches nothing (no wrap-around)."""
+    info = np.iinfo(t.dtype)
+    if info.min <= ignore_index <= info.max:
+        return t != t.dtype.type(ignore_index)
+    return np.ones(t.shape, bool)
+
+
 def as_float_array(a, name: str = "input") -> np.ndarray:
     """`a` as a native-endian float16/32/64 array; integers and bools become float64.
 
@@ -36,9 +57,7 @@ def as_float_array(a, name: str = "input") -> np.ndarray:
         raise TypeError(f"{name} is complex ({arr.dtype}); mlecore takes real input only")
     else:
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return arr
+    return native(arr)
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from . import _mlecore as _ext
+from . import _spec
 from ._arrays import as_float_array, as_rows, axes_of
-from ._backend import route
 
 
 def _reduced_shape(shape, axes, keepdims):
@@ -65,12 +65,13 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
     >>> mlecore.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
     (np.float64(1.5413248546129181), np.float64(-1.0))
     """
-    routed = route(a, backend)
-    if routed is not None:
+    if _spec.is_tensor(a):
         if b is not None or return_sign:
             raise ValueError("b and return_sign are supported for numpy input only")
-        dim = tuple(range(a.ndim)) if axis is None else axis
-        return routed.logsumexp(a, dim, keepdim=keepdims)
+        from .torch import logsumexp as torch_logsumexp
+
+        return torch_logsumexp(a, axis, keepdim=keepdims, backend=backend)
+    _spec.numpy_backend(backend)
     arr = as_float_array(a, "a")
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -151,12 +152,7 @@ def _logsumexp_weighted(a, b, axes, keepdims, return_sign):
     return (_scalar(out), _scalar(sgn)) if return_sign else _scalar(out)
 
 
-def _softmax(x, axis, log: bool, backend: str):
-    routed = route(x, backend)
-    if routed is not None:
-        dim = tuple(range(x.ndim)) if axis is None else axis
-        fn = routed.log_softmax if log else routed.softmax
-        return fn(x, dim)
+def _softmax(x, axis, log: bool):
     arr = as_float_array(x, "x")
     axes = axes_of(axis, arr.ndim)
     rows = as_rows(arr, axes)
@@ -190,7 +186,12 @@ def softmax(x, axis=None, *, backend="auto"):
     >>> mlecore.softmax([0.0, 0.0, 0.0, 0.0])
     array([0.25, 0.25, 0.25, 0.25])
     """
-    return _softmax(x, axis, False, backend)
+    if _spec.is_tensor(x):
+        from .torch import softmax as torch_softmax
+
+        return torch_softmax(x, axis, backend=backend)
+    _spec.numpy_backend(backend)
+    return _softmax(x, axis, log=False)
 
 
 def log_softmax(x, axis=None, *, backend="auto"):
@@ -217,4 +218,9 @@ def log_softmax(x, axis=None, *, backend="auto"):
     >>> mlecore.log_softmax([1.0, 1.0])
     array([-0.69314718, -0.69314718])
     """
-    return _softmax(x, axis, True, backend)
+    if _spec.is_tensor(x):
+        from .torch import log_softmax as torch_log_softmax
+
+        return torch_log_softmax(x, axis, backend=backend)
+    _spec.numpy_backend(backend)
+    return _softmax(x, axis, log=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .._losses import check_options, class_layout
+from .. import _spec
+from . import _reference as R
 from . import _rust
 from ._ops import check_targets, ops
 
@@ -21,43 +24,32 @@ def _float_input(x, name="input") -> Tensor:
     return x
 
 
-def _dims(x: Tensor, dim) -> tuple[int, ...]:
-    nd = max(x.ndim, 1)
-    if dim is None:
-        return tuple(range(nd))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    out = []
-    for d in dims:
-        if not -nd <= d < nd:
-            raise IndexError(f"Dimension out of range (expected to be in range of "
-                             f"[{-nd}, {nd - 1}], but got {d})")
-        out.append(d % nd)
-    if len(set(out)) != len(out):
-        raise ValueError(f"dim {dim} repeats a dimension")
-    return tuple(sorted(out))
+class _Rows:
+    """A tensor with `dims` moved last and flattened to (rows, K) (`matrix`), and how to put
+    a result back: `restore` for one of the input's shape, `kept_shape` for one per row."""
+
+    def __init__(self, x: Tensor, dims: tuple[int, ...]):
+        self.shape = x.shape
+        if x.ndim == 0:
+            x = x.reshape(1)
+        kept = tuple(i for i in range(x.ndim) if i not in dims)
+        self.perm = kept + dims
+        xt = x.permute(self.perm)
+        self.tshape = xt.shape
+        self.kept_shape = tuple(x.shape[i] for i in kept)
+        k = math.prod([x.shape[d] for d in dims])
+        self.matrix = xt.reshape(math.prod(self.kept_shape), k)
+
+    def restore(self, m: Tensor) -> Tensor:
+        inverse = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inverse[p] = i
+        return m.reshape(self.tshape).permute(inverse).reshape(self.shape)
 
 
-def _as_rows(x: Tensor, dims: tuple[int, ...]):
-    """x with `dims` moved last and flattened: (rows, K), and how to undo it."""
-    if x.ndim == 0:
-        x = x.reshape(1)
-    kept = tuple(i for i in range(x.ndim) if i not in dims)
-    perm = kept + dims
-    xt = x.permute(perm)
-    k = 1
-    for d in dims:
-        k *= x.shape[d]
-    rows = 1
-    for d in kept:
-        rows *= x.shape[d]
-    return xt.reshape(rows, k), xt.shape, perm, tuple(x.shape[i] for i in kept)
-
-
-def _inverse(perm):
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return inv
+def _class_rows(x: Tensor) -> _Rows:
+    """(C,) → (1, C); (N, C) stays; (N, C, d1, …, dk) → (N·d1···dk, C)."""
+    return _Rows(x, (_spec.class_axis(x.ndim),))
 
 
 def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto") -> Tensor:
@@ -88,9 +80,9 @@ def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto
     tensor([0.6931, 1.6931])
     """
     x = _float_input(input)
-    dims = _dims(x, dim)
-    rows, _, _, kept_shape = _as_rows(x, dims)
-    out = ops(backend, x.device).logsumexp(rows).reshape(kept_shape)
+    dims = _spec.check_dim(dim, x.ndim)
+    rows = _Rows(x, dims)
+    out = ops(backend, x.device).logsumexp(rows.matrix).reshape(rows.kept_shape)
     if keepdim:
         for d in dims:
             out = out.unsqueeze(d)
@@ -123,10 +115,9 @@ def log_softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
     tensor([-0.6931, -0.6931])
     """
     x = _float_input(input)
-    dims = _dims(x, dim)
-    rows, tshape, perm, _ = _as_rows(x, dims)
-    out = ops(backend, x.device).log_softmax(rows)
-    return out.reshape(tshape).permute(_inverse(perm)).reshape(x.shape)
+    dims = _spec.check_dim(dim, x.ndim)
+    rows = _Rows(x, dims)
+    return rows.restore(ops(backend, x.device).log_softmax(rows.matrix))
 
 
 def softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
@@ -156,36 +147,19 @@ def softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
 
 
 def _target_kind(target: Tensor) -> bool:
+    """True for class indices, False for probabilities (the rule of `_spec`)."""
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"target must hold class indices (an integer dtype) or class "
-                        f"probabilities (a float dtype), got {target.dtype}")
-    return not target.is_floating_point()
-
-
-def _class_rows(x: Tensor) -> Tensor:
-    """(C,) → (1, C); (N, C) stays; (N, C, d1, …, dk) → (N·d1···dk, C)."""
-    if x.ndim == 1:
-        return x.unsqueeze(0)
-    if x.ndim == 2:
-        return x
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
-
-
-def _from_class_rows(m: Tensor, shape) -> Tensor:
-    if len(shape) <= 2:
-        return m.reshape(shape)
-    return m.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)).movedim(-1, 1)
+    kind = ("b" if target.dtype == torch.bool else "c" if target.is_complex()
+            else "f" if target.is_floating_point() else "i")
+    return _spec.target_is_index(kind, target.dtype)
 
 
 def _check_weight(weight, classes, x):
     if weight is None:
         return None
     if not isinstance(weight, Tensor) or weight.shape != (classes,):
-        shape = getattr(weight, "shape", type(weight).__name__)
-        raise ValueError(f"weight must be a tensor of shape ({classes},), one per class, "
-                         f"got {shape}")
+        raise _spec.weight_shape_error(classes, getattr(weight, "shape", type(weight).__name__))
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device}, input on {x.device}")
     return weight
@@ -193,24 +167,20 @@ def _check_weight(weight, classes, x):
 
 def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
              index_only=False):
-    reduction, eps, ignore = check_options(reduction, label_smoothing, ignore_index)
+    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
     x = _float_input(input)
     is_index = _target_kind(target)
-    if index_only and not is_index:
-        raise TypeError(f"nll_loss takes class indices (an integer dtype), got {target.dtype}")
-    classes, loss_shape = class_layout(x.shape, target.shape, is_index)
+    if index_only:
+        _spec.index_only(is_index, target.dtype)
+    classes, loss_shape = _spec.class_layout(x.shape, target.shape, is_index)
     w = _check_weight(weight, classes, x)
-    t = target if is_index else _class_rows(target)
+    t = target if is_index else _class_rows(target).matrix
     return x, t, w, ignore, eps, reduction, loss_shape
 
 
 def _reduce(loss_rows, denom, reduction, loss_shape, dtype):
-    if reduction == "none":
-        return loss_rows.to(dtype).reshape(loss_shape)
-    total = loss_rows.sum()
-    if reduction == "sum":
-        return total.to(dtype)
-    return (total / denom).to(dtype)
+    total = loss_rows.sum() if reduction != "none" else None
+    return _spec.reduce_loss(loss_rows, total, denom, reduction, loss_shape).to(dtype)
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -259,8 +229,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     """
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
-    loss_rows, _, denom = ops(backend, x.device).cross_entropy(_class_rows(x), t, w, ignore,
-                                                               eps)
+    rows = _class_rows(x).matrix
+    loss_rows, _, denom = ops(backend, x.device).cross_entropy(rows, t, w, ignore, eps)
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
 
 
@@ -295,9 +265,9 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     x, t, w, ignore, _, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, 0.0, index_only=True)
     ops(backend, x.device)  # the same device rule as the other functions
-    rows = _class_rows(x)
+    rows = _class_rows(x).matrix
     safe = check_targets(t, rows.shape[-1], ignore).reshape(-1)
-    valid = (t != ignore).reshape(-1)
+    valid = R.labels(t, rows.shape[-1], ignore)[1].reshape(-1)
     picked = rows.gather(-1, safe.unsqueeze(-1)).squeeze(-1).to(torch.float64)
     wy = torch.ones_like(picked) if w is None else w.to(torch.float64)[safe]
     wy = torch.where(valid, wy, torch.zeros_like(wy))
@@ -361,7 +331,8 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
         if out.data_ptr() == x.data_ptr() and x.requires_grad:
             raise ValueError("out=input overwrites a tensor that requires grad")
     o = ops(backend, x.device)
-    rows = _class_rows(x.detach())
+    layout = _class_rows(x.detach())
+    rows = layout.matrix
     direct = out is not None and out.ndim <= 2 and out.is_contiguous()
     with torch.no_grad():
         if backend != "torch" and x.device.type == "cpu":
@@ -375,7 +346,7 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
             grad_rows = o.cross_entropy_backward(scale.expand(loss_rows.shape), rows, t, w,
                                                  lse, ignore, eps)
         loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
-        grad = _from_class_rows(grad_rows, x.shape)
+        grad = layout.restore(grad_rows)
         if out is not None and not (direct and grad_rows.data_ptr() == out.data_ptr()):
             out.copy_(grad)
             grad = out

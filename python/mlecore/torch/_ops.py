@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._backend import check_backend
+from .._spec import check_backend
 from . import _reference as R
 from . import _rust
 
@@ -161,15 +161,11 @@ def _define(prefix: str, rust: bool) -> OpSet:
         logsumexp.register_kernel("cpu")(_rust.logsumexp)
         logsumexp_backward.register_kernel("cpu")(_rust.logsumexp_backward)
         log_softmax.register_kernel("cpu")(_rust.log_softmax)
-        cross_entropy.register_kernel("cpu")(_rust_ce)
+        cross_entropy.register_kernel("cpu")(_rust.cross_entropy)
         cross_entropy_backward.register_kernel("cpu")(_rust.cross_entropy_backward)
 
     return OpSet(logsumexp, logsumexp_backward, log_softmax, log_softmax_backward,
                  cross_entropy, cross_entropy_backward)
-
-
-def _rust_ce(input, target, weight, ignore_index, label_smoothing):
-    return _rust.cross_entropy(input, target, weight, ignore_index, label_smoothing)
 
 
 def _log_softmax_grad(grad: Tensor, out: Tensor) -> Tensor:
@@ -180,8 +176,8 @@ def _log_softmax_grad(grad: Tensor, out: Tensor) -> Tensor:
 def check_targets(target: Tensor, classes: int, ignore_index: int) -> Tensor:
     """Class indices as int64 with ignored ones set to 0, after the range check: inside an
     operator, so the check is no Python branch on tensor data under torch.compile."""
-    R.check_targets(target, classes, ignore_index)
-    return torch.where(target != ignore_index, target, 0).to(torch.int64).contiguous()
+    y, valid = R.check_targets(target, classes, ignore_index)
+    return torch.where(valid, y, 0).contiguous()
 
 
 @check_targets.register_fake

@@ -7,25 +7,47 @@ from __future__ import annotations
 
 import torch
 
+from .._spec import label_error
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_targets(target: torch.Tensor, classes: int, ignore_index: int) -> None:
-    """IndexError for a class index outside [0, classes) that is not ignore_index.
+def wide_labels(target: torch.Tensor) -> torch.Tensor:
+    """Class indices as int64, so that a label and `ignore_index` compare exactly whatever
+    the label's width (a uint8 156 is not −100). uint64 values beyond int64 wrap to negative
+    numbers here; `labels` marks them invalid."""
+    return target if target.dtype == torch.int64 else target.to(torch.int64)
+
+
+def labels(target: torch.Tensor, classes: int, ignore_index: int):
+    """(y, valid, bad) of class indices: int64 labels, where they are not ignored, and where
+    they are out of range."""
+    y = wide_labels(target)
+    valid = y != ignore_index
+    out = (y < 0) | (y >= classes)
+    if target.dtype == torch.uint64:
+        # A uint64 of 2^63 or more reads as negative in int64: out of range, never ignored.
+        valid = valid | (y < 0)
+    return y, valid, valid & out
+
+
+def check_targets(target: torch.Tensor, classes: int, ignore_index: int):
+    """(y, valid) of `labels`, or IndexError for a class index outside [0, classes) that is
+    not ignore_index.
 
     One reduction and one host sync: on CUDA this replaces a device-side assert.
     """
-    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    y, valid, bad = labels(target, classes, ignore_index)
     if target.numel() and bool(bad.any()):
         position = int(bad.reshape(-1).nonzero()[0, 0])
-        value = int(target.reshape(-1)[position])
-        from .._losses import target_error
-
-        raise target_error(IndexError("", position, value), tuple(target.shape), classes,
-                           ignore_index)
+        value = int(y.reshape(-1)[position])
+        if target.dtype == torch.uint64 and value < 0:
+            value += 2**64
+        raise label_error(position, value, tuple(target.shape), classes, ignore_index)
+    return y, valid
 
 
 def _weights(weight, classes, like):
@@ -63,8 +85,8 @@ def _row_weights(x, target, weight, ignore_index, eps):
     if target.is_floating_point():
         v = w * (target.to(x.dtype) * (1 - eps) + eps / classes)
         return v, v.sum(-1), None
-    valid = target != ignore_index
-    y = torch.where(valid, target, 0).long()
+    y, valid, _ = labels(target, classes, ignore_index)
+    y = torch.where(valid, y, 0)
     wy = w[y]
     a = (1 - eps) * wy + (eps / classes) * w.sum()
     v = (eps / classes) * w.expand_as(x) if eps > 0 else None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import _mlecore as _ext
-from .._losses import target_error
+from .._kernels import CeRows
 from ._buffers import POOL
 from ._reference import compute_dtype
 
@@ -37,13 +37,10 @@ def _target(target, x):
     return as_numpy(target.detach().reshape(-1).contiguous())
 
 
-def _call(fn, target, classes, ignore_index, *args):
-    try:
-        return fn(*args)
-    except IndexError as e:
-        if len(e.args) == 3:
-            raise target_error(e, tuple(target.shape), classes, ignore_index) from None
-        raise
+def _problem(x, target, weight, ignore_index: int, eps: float) -> CeRows:
+    """The kernels' row form of a CPU call: numpy views of contiguous tensors."""
+    return CeRows(as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
+                  tuple(target.shape), x.shape[-1])
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +71,8 @@ def cross_entropy(x, target, weight, ignore_index: int, eps: float):
     rows = x.shape[0]
     loss = torch.empty(rows, dtype=torch.float64)
     lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
-    total, denom = _call(_ext.cross_entropy_rows, target, x.shape[-1], ignore_index,
-                         as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
-                         as_numpy(loss), as_numpy(lse))
+    total, denom = _problem(x, target, weight, ignore_index, eps).forward(as_numpy(loss),
+                                                                          as_numpy(lse))
     return loss, lse, torch.tensor(denom, dtype=torch.float64)
 
 
@@ -84,9 +80,8 @@ def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int,
     x = _rows(x)
     g = POOL.empty(x.shape, x.dtype)
     scale = as_numpy(grad_rows.detach().to(torch.float64).contiguous())
-    _call(_ext.cross_entropy_backward_rows, target, x.shape[-1], ignore_index, as_numpy(x),
-          _target(target, x), _weight(weight, x), ignore_index, eps,
-          as_numpy(_rows(lse.to(compute_dtype(x.dtype)))), 1.0, scale, as_numpy(g))
+    _problem(x, target, weight, ignore_index, eps).backward(
+        as_numpy(_rows(lse.to(compute_dtype(x.dtype)))), scale, as_numpy(g))
     return g
 
 
@@ -98,8 +93,6 @@ def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, re
     lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
     inplace = out is not None and out.data_ptr() == x.data_ptr()
     grad = out if out is not None else torch.empty_like(x)
-    total, denom = _call(_ext.cross_entropy_grad_rows, target, x.shape[-1], ignore_index,
-                         as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
-                         reduction, None if inplace else as_numpy(grad), as_numpy(loss),
-                         as_numpy(lse))
+    total, denom = _problem(x, target, weight, ignore_index, eps).fused(
+        reduction, None if inplace else as_numpy(grad), as_numpy(loss), as_numpy(lse))
     return loss, lse, torch.tensor(denom, dtype=torch.float64), grad

@@ -1,0 +1,72 @@
+"""The compiled cross-entropy kernels as both front-ends call them: numpy arrays in row
+form in, a bad label reported in the caller's terms out.
+
+The numpy API passes its arrays; `mlecore.torch`'s CPU kernels pass numpy views of tensors.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _mlecore as _ext
+from ._spec import label_error
+
+
+@contextmanager
+def labels_reported(target_shape, n_classes: int, ignore_index: int):
+    """Rewords the kernels' out-of-range report (message, flat position, value) with the
+    position in the caller's target shape."""
+    try:
+        yield
+    except IndexError as e:
+        if len(e.args) != 3:
+            raise
+        _, position, value = e.args
+        raise label_error(position, value, target_shape, n_classes, ignore_index) from None
+
+
+@dataclass
+class CeRows:
+    """A cross-entropy problem in the kernels' row form. The Rust layer reads the first five
+    attributes; the last two word a bad label's error."""
+
+    x: np.ndarray  # (rows, C), C-contiguous: float16/32/64, or bfloat16 bits as uint16
+    target: np.ndarray  # (rows,) integers, or (rows, C) probabilities of x's dtype
+    weight: np.ndarray | None  # (C,) of the compute dtype
+    ignore_index: int
+    label_smoothing: float
+    target_shape: tuple[int, ...]
+    n_classes: int
+
+    def _reported(self):
+        return labels_reported(self.target_shape, self.n_classes, self.ignore_index)
+
+    def forward(self, loss: np.ndarray, lse: np.ndarray) -> tuple[float, float]:
+        """Per-row losses (float64) and log-sum-exps; returns (Σ loss, mean denominator)."""
+        with self._reported():
+            return _ext.cross_entropy_rows(self, loss, lse)
+
+    def fused(self, reduction: str, grad: np.ndarray | None, loss: np.ndarray,
+              lse: np.ndarray) -> tuple[float, float]:
+        """`forward` and the gradient of the reduced loss into `grad` (None: over `x`)."""
+        with self._reported():
+            return _ext.cross_entropy_grad_rows(self, reduction, grad, loss, lse)
+
+    def backward(self, lse: np.ndarray, scale_rows: np.ndarray, grad: np.ndarray) -> None:
+        """The gradient from saved log-sum-exps, row r scaled by `scale_rows[r]`."""
+        with self._reported():
+            _ext.cross_entropy_backward_rows(self, lse, 1.0, scale_rows, grad)
+
+
+def check_labels(target: np.ndarray, n_classes: int, ignore_index: int,
+                 weight: np.ndarray | None = None) -> float:
+    """Checks class indices (any integer dtype, any shape) in Rust; returns the `mean`
+    denominator (the summed float64 `weight` of the non-ignored labels, or their count)."""
+    flat = np.ascontiguousarray(target.reshape(-1))
+    if not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    with labels_reported(target.shape, n_classes, ignore_index):
+        return _ext.check_labels(flat, n_classes, ignore_index, weight)

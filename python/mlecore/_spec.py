@@ -1,0 +1,168 @@
+"""The rules both front-ends follow: options, shapes, labels, reductions and their errors.
+
+This module imports neither numpy nor torch. The numpy API (`_special`, `_losses`) and the
+torch API (`mlecore.torch`) validate through it, so every rule has one definition and every
+error one wording. The Rust kernels keep their own bounds check, for memory safety; its
+report is reworded here too.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+
+#: Values of every function's `backend=`.
+BACKENDS = ("auto", "rust", "torch")
+#: Values of `reduction=`, torch's names.
+REDUCTIONS = ("none", "mean", "sum")
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def is_tensor(x) -> bool:
+    """True for a torch.Tensor, without importing torch: a tensor can only exist if the
+    caller imported torch already."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def check_backend(backend) -> str:
+    """`backend`, or ValueError when it is not one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def numpy_backend(backend) -> None:
+    """The check for array (not tensor) input: every backend but "torch" runs Rust."""
+    if check_backend(backend) == "torch":
+        raise ValueError("backend='torch' needs torch tensors; numpy input always runs in Rust")
+
+
+def check_options(reduction, label_smoothing=0.0, ignore_index=-100) -> tuple[str, float, int]:
+    """Validated (reduction, label_smoothing, ignore_index), with torch's names and rules.
+
+    torch treats a negative `label_smoothing` as 0; mlecore refuses it.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    try:
+        eps = float(label_smoothing)
+    except (TypeError, ValueError):
+        raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}") from None
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return reduction, eps, check_ignore_index(ignore_index)
+
+
+def check_ignore_index(ignore_index) -> int:
+    """`ignore_index` as a Python int that fits in int64 (torch's type for it)."""
+    try:
+        ignore = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}") from None
+    if not _I64_MIN <= ignore <= _I64_MAX:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore}")
+    return ignore
+
+
+def check_dim(dim, ndim: int) -> tuple[int, ...]:
+    """`dim` (None, an int, or a sequence of ints; anything with ``__index__``) as sorted,
+    distinct, non-negative axes of an `ndim`-dimensional input (a 0-d one counts as 1-d)."""
+    nd = max(ndim, 1)
+    if dim is None:
+        return tuple(range(nd))
+    try:
+        dims = (operator.index(dim),)
+    except TypeError:
+        try:
+            dims = tuple([operator.index(d) for d in dim])
+        except TypeError:
+            raise TypeError(f"dim must be an int or a tuple of ints, got {dim!r}") from None
+    out = []
+    for d in dims:
+        if not -nd <= d < nd:
+            raise IndexError(f"Dimension out of range (expected to be in range of "
+                             f"[{-nd}, {nd - 1}], but got {d})")
+        out.append(d % nd)
+    if len(set(out)) != len(out):
+        raise ValueError(f"dim {dim} repeats a dimension")
+    return tuple(sorted(out))
+
+
+def class_layout(input_shape, target_shape, is_index: bool) -> tuple[int, tuple[int, ...]]:
+    """The class count and the shape of per-element losses; ValueError on a mismatch.
+
+    Classes are axis 1 of (N, C, d1, ..., dk) input and axis 0 of unbatched (C,) input.
+    """
+    input_shape, target_shape = tuple(input_shape), tuple(target_shape)
+    if len(input_shape) == 0:
+        raise ValueError("input must have a class axis: expected shape (C,), (N, C) or "
+                         "(N, C, d1, ..., dk), got a 0-d input")
+    n_classes = input_shape[0] if len(input_shape) == 1 else input_shape[1]
+    loss_shape = () if len(input_shape) == 1 else (input_shape[0],) + input_shape[2:]
+    if is_index and target_shape != loss_shape:
+        raise ValueError(f"target of class indices must have shape {loss_shape} for input of "
+                         f"shape {input_shape}, got {target_shape}")
+    if not is_index and target_shape != input_shape:
+        raise ValueError(f"a float target holds class probabilities and must have the input's "
+                         f"shape {input_shape}, got {target_shape}")
+    return n_classes, loss_shape
+
+
+def class_axis(ndim: int) -> int:
+    """The class axis of an input with `ndim` dimensions: 0 when unbatched, else 1."""
+    return 0 if ndim == 1 else 1
+
+
+def target_is_index(kind: str, dtype) -> bool:
+    """True for class indices, False for probabilities; TypeError for anything else.
+
+    `kind` is numpy's dtype kind ("i", "u", "f", ...); `dtype` is named in the error.
+    """
+    if kind in "iu":
+        return True
+    if kind == "f":
+        return False
+    raise TypeError(f"target must hold class indices (an integer dtype) or class "
+                    f"probabilities (a float dtype), got dtype {dtype}")
+
+
+def index_only(is_index: bool, dtype) -> None:
+    """nll_loss takes class indices only."""
+    if not is_index:
+        raise TypeError(f"nll_loss takes class indices (an integer dtype), got {dtype}")
+
+
+def weight_shape_error(n_classes: int, got) -> ValueError:
+    """The one wording of a class-weight vector of the wrong shape."""
+    return ValueError(f"weight must have shape ({n_classes},), one per class, got {got}")
+
+
+def label_error(position: int, value: int, target_shape, n_classes: int,
+                ignore_index: int) -> IndexError:
+    """The error for an out-of-range class index at flat `position` of a target of
+    `target_shape`: torch's first sentence, then where it is and what was expected."""
+    shape = tuple(target_shape)
+    if shape == ():
+        where = "target"
+    else:
+        idx = []
+        for n in reversed(shape):
+            position, i = divmod(position, n)
+            idx.append(i)
+        where = f"target[{', '.join(str(i) for i in reversed(idx))}]"
+    return IndexError(f"Target {value} is out of bounds: {where} = {value}, expected a class "
+                      f"index in [0, {n_classes}) or ignore_index ({ignore_index})")
+
+
+def reduce_loss(per_element, total, denom, reduction: str, loss_shape):
+    """torch's reductions of per-element losses: "none" gives them in `loss_shape`, "sum" the
+    `total`, "mean" `total / denom`, where `denom` is the summed weights of the non-ignored
+    targets for class indices and the element count for probabilities (torch's weighted
+    mean). Works on numpy values and torch tensors alike; the caller casts the result."""
+    if reduction == "none":
+        return per_element.reshape(loss_shape)
+    if reduction == "sum":
+        return total
+    return total / denom
+
