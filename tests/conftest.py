@@ -1,22 +1,112 @@
-"""Shared fixtures and float64 references for the Python tests."""
+"""Shared fixtures and float64 references for the Python tests.
+
+torch is imported only by tests marked `torch` (and by the modules that test mlecore.torch),
+so the numpy API's tests run where torch is absent: `pytest -m "not torch"` there.
+"""
+
+import importlib.util
+import zlib
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 #: Class counts that hit every SIMD tail (8 and 16 lanes), chunk (2048) and segment edge.
 CLASS_COUNTS = [1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 100, 2047, 2048, 2049, 4097]
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+# These modules test mlecore.torch, or compare against torch throughout.
+collect_ignore = [] if HAS_TORCH else ["test_torch.py", "test_bench.py", "test_torch_hostile.py"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: needs torch (as a reference or under test)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.fspath.basename in ("test_torch.py", "test_bench.py", "test_torch_hostile.py"):
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture
 def rng(request):
     # A seed per test, stable across runs, so failures reproduce.
-    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+def _class_last(a, ndim):
+    return a if ndim <= 2 else np.moveaxis(a, 1, -1)
+
+
+def numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
+             label_smoothing=0.0):
+    """torch's cross_entropy semantics written out in float64 numpy: per element,
+    Σ_c v_c·(lse − x_c) with v = (1 − ε)·w_y·onehot(y) + (ε/C)·w for class indices and
+    v = w·((1 − ε)·t + ε/C) for probabilities; the weighted mean divides by Σ w_y (indices)
+    or the element count (probabilities)."""
+    return _numpy_ce(x, target, weight, ignore_index, reduction, label_smoothing)[0]
+
+
+def numpy_ce_grad(x, target, **kw):
+    """The loss and d(loss.sum())/dx: per element, scale·(A·softmax(x) − v), A = Σ v."""
+    return _numpy_ce(np.asarray(x), target, **kw)[:2]
+
+
+def _numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
+              label_smoothing=0.0):
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(target)
+    nd = x.ndim
+    xr = _class_last(x, nd)
+    c = xr.shape[-1]
+    eps = label_smoothing
+    # lse − x = (m − x) + log1p(count of maxima − 1 + Σ e^(x − m) over the rest): no
+    # cancellation where one logit dominates.
+    m = np.max(xr, axis=-1, keepdims=True) if c else np.zeros(xr.shape[:-1] + (1,))
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(xr - m)
+        top = xr == m
+        rest = np.where(top, 0.0, e).sum(-1, keepdims=True)
+        excess = np.log1p(top.sum(-1, keepdims=True) - 1 + rest)
+        d = (m - xr) + excess
+    p = np.exp(-d)
+    w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+    if t.dtype.kind in "iu":
+        valid = t.astype(np.int64) != ignore_index
+        y = np.where(valid, t, 0).astype(np.int64)
+        v = (eps / c) * np.broadcast_to(w, xr.shape).copy()
+        np.put_along_axis(v, y[..., None], np.take_along_axis(v, y[..., None], -1)
+                          + (1 - eps) * w[y][..., None], -1)
+        v = np.where(valid[..., None], v, 0.0)
+        denom = np.sum(np.where(valid, w[y], 0.0))
+    else:
+        v = w * ((1 - eps) * _class_last(t.astype(np.float64), nd) + eps / c)
+        denom = float(v.shape[0] * np.prod(v.shape[1:-1])) if v.ndim > 1 else 1.0
+    with np.errstate(invalid="ignore"):
+        terms = np.where(v == 0, 0.0, v * d)
+    loss = terms.sum(-1)
+    a = v.sum(-1, keepdims=True)
+    grad = a * p - v
+    if reduction == "none":
+        out = loss
+    elif reduction == "sum":
+        out = loss.sum()
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.float64(loss.sum()) / np.float64(denom)
+        # torch's rule: with nothing to average over, the loss is NaN and the gradient 0
+        # (every row's v is 0 then).
+        grad = grad / denom if denom else grad
+    grad = grad if nd <= 2 else np.moveaxis(grad, -1, 1)
+    return np.asarray(out), grad.reshape(x.shape)
 
 
 def torch_ce(x, target, **kw):
     """torch's cross_entropy in float64 on numpy inputs."""
+    import torch
+    import torch.nn.functional as F
+
     xt = torch.from_numpy(np.array(x, dtype=np.float64))
     t = np.asarray(target)
     tt = torch.from_numpy(np.array(t, dtype=np.int64 if t.dtype.kind in "iu" else np.float64))
@@ -27,6 +117,9 @@ def torch_ce(x, target, **kw):
 
 def torch_ce_grad(x, target, **kw):
     """torch's loss and gradient (of the sum for reduction='none') in float64."""
+    import torch
+    import torch.nn.functional as F
+
     xt = torch.from_numpy(np.array(x, dtype=np.float64)).requires_grad_()
     t = np.asarray(target)
     tt = torch.from_numpy(np.array(t, dtype=np.int64 if t.dtype.kind in "iu" else np.float64))
@@ -35,6 +128,23 @@ def torch_ce_grad(x, target, **kw):
     loss = F.cross_entropy(xt, tt, **kw)
     loss.sum().backward()
     return loss.detach().numpy(), xt.grad.numpy()
+
+
+class Reference:
+    """A float64 cross-entropy reference: `ce(x, t, **kw)` and `ce_grad(x, t, **kw)`."""
+
+    def __init__(self, name, ce, ce_grad):
+        self.name, self.ce, self.ce_grad = name, ce, ce_grad
+
+
+@pytest.fixture(params=["numpy", pytest.param("torch", marks=pytest.mark.torch)])
+def ref(request):
+    """Each cross-entropy reference: mlecore's float64 numpy transcription of torch's
+    semantics, and torch itself (where torch is installed)."""
+    if request.param == "torch":
+        pytest.importorskip("torch")
+        return Reference("torch", torch_ce, torch_ce_grad)
+    return Reference("numpy", numpy_ce, numpy_ce_grad)
 
 
 def tol(dtype):
