@@ -151,11 +151,19 @@ impl Elem for f16 {
 mod f16c {
     use half::f16;
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
+    /// Detected once; an atomic, which a `fork()` cannot leave locked (a once-cell could).
     pub fn available() -> bool {
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx"))
+        static HAS: AtomicU8 = AtomicU8::new(0);
+        match HAS.load(Ordering::Relaxed) {
+            0 => {
+                let has = is_x86_feature_detected!("f16c") && is_x86_feature_detected!("avx");
+                HAS.store(1 + has as u8, Ordering::Relaxed);
+                has
+            }
+            v => v == 2,
+        }
     }
 
     /// # Safety

@@ -2,13 +2,15 @@
 //!
 //! The pool is rebuilt when the thread count changes and after `fork()`: rayon's global pool
 //! hangs in a forked child (its worker threads do not exist there), so the pool is keyed by
-//! the process id.
+//! the process id. Nothing a forked child touches can be left locked by a thread of its
+//! parent: the settings are atomics, and the pool's lock is held across `fork()` by the
+//! forking thread itself (`pthread_atfork`), which releases it on both sides.
 
 use std::any::Any;
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Elements a task should cover at least (256 KiB of float32), so scheduling is amortized.
@@ -23,7 +25,8 @@ const LINGER: Duration = Duration::from_micros(200);
 struct Pool {
     pid: u32,
     threads: usize,
-    pool: Arc<rayon::ThreadPool>,
+    /// `None` when the workers could not be started: the caller then works alone.
+    pool: Option<Arc<rayon::ThreadPool>>,
     board: Arc<Board>,
 }
 
@@ -71,35 +74,60 @@ impl Board {
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
-static REQUESTED: Mutex<Option<usize>> = Mutex::new(None);
+/// The most threads [`set_num_threads`] takes from Python: beyond every machine's cores, short of
+/// what would exhaust a process's resources.
+pub const MAX_THREADS: usize = 4096;
+
+/// The thread count asked for by [`set_num_threads`]; 0 until then.
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
 /// `MLECORE_NUM_THREADS`, else the cores available to the process: worked out once, the first
 /// time it is needed. `available_parallelism` reads the cgroup's CPU quota from files, which
 /// cost a short kernel call more than its arithmetic (BENCHMARKS.md).
 fn default_threads() -> usize {
-    static DEFAULT: OnceLock<usize> = OnceLock::new();
-    *DEFAULT.get_or_init(|| {
-        std::env::var("MLECORE_NUM_THREADS")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    })
+    static DEFAULT: AtomicUsize = AtomicUsize::new(0);
+    match DEFAULT.load(Ordering::Relaxed) {
+        0 => {
+            let n = std::env::var("MLECORE_NUM_THREADS")
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            DEFAULT.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
 }
 
 /// The number of threads kernels use.
 pub fn num_threads() -> usize {
-    let requested = *REQUESTED.lock().unwrap_or_else(|e| e.into_inner());
-    requested.unwrap_or_else(default_threads)
+    match REQUESTED.load(Ordering::Relaxed) {
+        0 => default_threads(),
+        n => n,
+    }
 }
 
 /// Sets the number of threads kernels use (at least 1).
 pub fn set_num_threads(n: usize) {
-    *REQUESTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(n.max(1));
+    REQUESTED.store(n.max(1), Ordering::Relaxed);
+}
+
+/// `workers` threads for the pool, or `None` when they cannot be started (a resource limit):
+/// kernels then run on the calling thread alone instead of failing.
+fn start_workers(workers: usize, stack_size: Option<usize>) -> Option<Arc<rayon::ThreadPool>> {
+    let mut builder = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("mlecore-{i}"));
+    if let Some(bytes) = stack_size {
+        builder = builder.stack_size(bytes);
+    }
+    builder.build().ok().map(Arc::new)
 }
 
 /// The pool for `threads` threads in all (the caller and `threads − 1` workers).
-fn pool(threads: usize) -> (Arc<rayon::ThreadPool>, Arc<Board>) {
+fn pool(threads: usize) -> (Option<Arc<rayon::ThreadPool>>, Arc<Board>) {
+    fork::guard_pool_lock();
     let pid = std::process::id();
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = guard.as_ref() {
@@ -114,13 +142,7 @@ fn pool(threads: usize) -> (Arc<rayon::ThreadPool>, Arc<Board>) {
         }
     }
     // The thread that calls a kernel works alongside the pool ([`run_tasks`]).
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads - 1)
-            .thread_name(|i| format!("mlecore-{i}"))
-            .build()
-            .expect("building a thread pool"),
-    );
+    let pool = start_workers(threads - 1, None);
     let board = Arc::new(Board::default());
     *guard = Some(Pool {
         pid,
@@ -129,6 +151,50 @@ fn pool(threads: usize) -> (Arc<rayon::ThreadPool>, Arc<Board>) {
         board: board.clone(),
     });
     (pool, board)
+}
+
+/// Holding the pool's lock across `fork()`: a thread of the parent that held it when another
+/// forked would otherwise leave it locked forever in the child, whose first kernel call would
+/// then wait on it.
+#[cfg(unix)]
+mod fork {
+    use super::{Pool, POOL};
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::MutexGuard;
+
+    thread_local! {
+        /// The lock, taken by the forking thread before `fork()` and released after it.
+        static HELD: RefCell<Option<MutexGuard<'static, Option<Pool>>>> =
+            const { RefCell::new(None) };
+    }
+
+    extern "C" fn before_fork() {
+        let guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
+    }
+
+    extern "C" fn after_fork() {
+        // In the parent and in the child alike, the thread that forked is the one that holds
+        // the lock, so it may release it.
+        HELD.with(|h| drop(h.borrow_mut().take()));
+    }
+
+    /// Registers the handlers, once, before the pool's lock is first taken.
+    pub fn guard_pool_lock() {
+        static REGISTERED: AtomicBool = AtomicBool::new(false);
+        if !REGISTERED.swap(true, Ordering::AcqRel) {
+            // SAFETY: the handlers are plain functions that live as long as the process; they
+            // take and release a lock that no handler of theirs holds already.
+            unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod fork {
+    /// No `fork()` here.
+    pub fn guard_pool_lock() {}
 }
 
 /// The tasks of one [`run_tasks`] call, shared with the pool's workers.
@@ -197,13 +263,15 @@ fn run_tasks(n: usize, task: impl Fn(usize) + Sync) {
         panic: Mutex::new(None),
     });
     let (pool, board) = pool(all);
-    *board.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks.clone());
-    board.posted.fetch_add(1, Ordering::AcqRel);
-    // A watcher that stops just now leaves its share to the caller: slower, never wrong.
-    let watching = board.watching.load(Ordering::Acquire).min(threads - 1);
-    for _ in watching + 1..threads {
-        let (t, b) = (tasks.clone(), board.clone());
-        pool.spawn(move || b.serve(t));
+    if let Some(pool) = pool {
+        *board.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(tasks.clone());
+        board.posted.fetch_add(1, Ordering::AcqRel);
+        // A watcher that stops just now leaves its share to the caller: slower, never wrong.
+        let watching = board.watching.load(Ordering::Acquire).min(threads - 1);
+        for _ in watching + 1..threads {
+            let (t, b) = (tasks.clone(), board.clone());
+            pool.spawn(move || b.serve(t));
+        }
     }
     tasks.work();
     let mut spins = 0u32;
@@ -316,6 +384,13 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn workers_that_cannot_start_are_no_error() {
+        // A stack no system can give: the pool is None, where it used to panic.
+        assert!(start_workers(2, Some(usize::MAX / 2)).is_none());
+        assert!(start_workers(1, None).is_some());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use numpy::{
     Element, Ix1, Ix2, Ix3, PyArray, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
     PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 fn to_py(e: KernelError) -> PyErr {
@@ -33,9 +33,23 @@ fn to_py(e: KernelError) -> PyErr {
     }
 }
 
-/// Runs a kernel with the GIL released.
+/// Runs a kernel with the GIL released. A panic (a bug: user errors are `KernelError`s) is
+/// a `RuntimeError`, not pyo3's `PanicException`, which `except Exception` would miss.
 fn run<R: Send>(py: Python<'_>, f: impl FnOnce() -> Result<R, KernelError> + Send) -> PyResult<R> {
-    py.detach(f).map_err(to_py)
+    let result = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    match result {
+        Ok(r) => r.map_err(to_py),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(PyRuntimeError::new_err(format!(
+                "mlecore internal error (please report it): {what}"
+            )))
+        }
+    }
 }
 
 fn slice<'a, T: Element, D: Dimension>(
@@ -500,16 +514,20 @@ fn check_labels(
     })
 }
 
-/// Sets the number of threads the kernels use.
+/// Sets the number of threads the kernels use: at least 1, at most
+/// `crate::parallel::MAX_THREADS` (more than any machine's cores could use).
 #[pyfunction]
-fn set_num_threads(n: usize) -> PyResult<()> {
-    if n == 0 {
-        return Err(PyValueError::new_err(
-            "the number of threads must be at least 1",
-        ));
+fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
+    let max = crate::parallel::MAX_THREADS;
+    match n.extract::<usize>() {
+        Ok(k) if (1..=max).contains(&k) => {
+            crate::parallel::set_num_threads(k);
+            Ok(())
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "the number of threads must be an int from 1 to {max}, got {n}"
+        ))),
     }
-    crate::parallel::set_num_threads(n);
-    Ok(())
 }
 
 /// The number of threads the kernels use.

@@ -92,6 +92,53 @@ print(os.waitstatus_to_exitcode(status))
     assert run_py(code).strip() == "0"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_forks_while_other_threads_run_kernels_never_hang_a_child():
+    # Threads of the parent are inside mlecore (its pool lock, its settings) when the main
+    # thread forks; every child runs a kernel at once and must finish. Run in a subprocess
+    # so that a hung child cannot outlive the test.
+    code = """
+import os, sys, threading, time, numpy as np, mlecore
+mlecore.set_num_threads(2)
+x = np.random.default_rng(0).standard_normal((4, 70000)).astype(np.float32)  # two tasks
+want = mlecore.logsumexp(x, axis=1)
+stop = threading.Event()
+def work(k):
+    while not stop.is_set():
+        if k == 0:  # a new thread count: the pool is rebuilt under its lock
+            mlecore.set_num_threads(3 - mlecore.get_num_threads() % 2)
+        mlecore.logsumexp(x, axis=1)
+threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+for t in threads:
+    t.start()
+hung = bad = 0
+for _ in range(300):
+    pid = os.fork()
+    if pid == 0:
+        ok = np.array_equal(mlecore.logsumexp(x, axis=1), want)
+        os._exit(0 if ok else 3)
+    deadline = time.monotonic() + 10
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            bad += os.waitstatus_to_exitcode(status) != 0
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            hung += 1
+            break
+        time.sleep(0.001)
+    if hung:
+        break
+stop.set()
+for t in threads:
+    t.join()
+print(hung, bad)
+"""
+    assert run_py(code).split() == ["0", "0"]
+
+
 def test_show_config_and_tiers(capsys):
     mlecore.show_config()
     out = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import platform
 import sys
 
@@ -14,8 +15,9 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        At least 1. Results do not depend on it: per-row values and reductions are computed
-        in a fixed order.
+        At least 1 (at most 4096). Results do not depend on it: per-row values and
+        reductions are computed in a fixed order. Where the system cannot start that many
+        threads, kernels run on fewer (on the calling thread alone, at worst), never fail.
 
     Notes
     -----
@@ -31,7 +33,11 @@ def set_num_threads(n: int) -> None:
     >>> mlecore.get_num_threads()
     1
     """
-    _ext.set_num_threads(int(n))
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"the number of threads must be an int, got {n!r}") from None
+    _ext.set_num_threads(n)
 
 
 def get_num_threads() -> int:
