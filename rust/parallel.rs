@@ -74,10 +74,6 @@ impl Board {
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
-/// The most threads [`set_num_threads`] takes from Python: beyond every machine's cores, short of
-/// what would exhaust a process's resources.
-pub const MAX_THREADS: usize = 4096;
-
 /// The thread count asked for by [`set_num_threads`]; 0 until then.
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 

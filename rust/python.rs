@@ -514,11 +514,14 @@ fn check_labels(
     })
 }
 
-/// Sets the number of threads the kernels use: at least 1, at most
-/// `crate::parallel::MAX_THREADS` (more than any machine's cores could use).
+/// The most threads `set_num_threads` takes: beyond every machine's cores, short of what
+/// would exhaust a process's resources.
+const MAX_THREADS: usize = 4096;
+
+/// Sets the number of threads the kernels use: at least 1, at most [`MAX_THREADS`].
 #[pyfunction]
 fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
-    let max = crate::parallel::MAX_THREADS;
+    let max = MAX_THREADS;
     match n.extract::<usize>() {
         Ok(k) if (1..=max).contains(&k) => {
             crate::parallel::set_num_threads(k);
