@@ -182,6 +182,17 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
     }
 }
 
+/// Steps of two vectors summed apart before they join the running sums ([`sums`]): about
+/// the square root of a chunk's steps, so that both levels of the sum take as few terms.
+const fn sum_block(lanes: usize) -> usize {
+    let steps = crate::elem::CHUNK / (2 * lanes);
+    let mut b = 1;
+    while b * b < steps {
+        b *= 2;
+    }
+    b
+}
+
 /// Pass 2 of [`stats`] (from L1): Σ e^(x − m) over x ≠ m, how many x = m (when `COUNT`; else
 /// no x equals m), and the weighted sum.
 ///
@@ -198,31 +209,42 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
     let l = V::LANES;
     let ninf = V::F::NEG_INF;
     let shift = V::F::from_f64(Stats::shift_for(m.to_f64()));
-    let (mv, sv) = (V::splat(m), V::splat(shift));
+    let pass = Pass {
+        x,
+        v,
+        ahead,
+        m: V::splat(m),
+        shift: V::splat(shift),
+    };
     let zero = V::splat(V::F::ZERO);
-    let (mut a0, mut a1, mut d0, mut s0) = (zero, zero, zero, zero);
-    let mut cnt = zero;
+    let (mut a0, mut a1) = (zero, zero);
+    let mut side = Side {
+        cnt: zero,
+        dot: zero,
+        vsum: zero,
+    };
+    // A sum's rounding error grows with the terms each accumulator takes: blocks of steps are
+    // summed into fresh accumulators, then added to the running ones, so that neither level
+    // takes many terms (many equal terms, as in logsumexp([0, −30, −30, …]), lost up to
+    // 40 ulp in float64 without).
+    let block = const { sum_block(V::LANES) };
     let mut i = 0;
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
-        while i + 2 * l <= n {
-            ahead.touch(i);
-            ahead.touch(i + l);
-            let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
-            let (v0, v1) = if S::ACTIVE {
-                (Some(v.load(i)), Some(v.load(i + l)))
-            } else {
-                (None, None)
-            };
-            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
-            a1 = stats_step::<V, COUNT>(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
-            i += 2 * l;
+        while i + 2 * l * block <= n {
+            let (b0, b1) = pass.steps::<COUNT>(i, block, &mut side);
+            a0 = a0.add(b0);
+            a1 = a1.add(b1);
+            i += 2 * l * block;
         }
-        while i + l <= n {
-            ahead.touch(i);
-            let x0 = V::load(x.add(i));
+        let steps = (n - i) / (2 * l);
+        let (b0, b1) = pass.steps::<COUNT>(i, steps, &mut side);
+        a0 = a0.add(b0);
+        a1 = a1.add(b1);
+        i += 2 * l * steps;
+        if i + l <= n {
             let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
-            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a0 = stats_step::<V, COUNT>(a0, &mut side, V::load(x.add(i)), v0, pass.m, pass.shift);
             i += l;
         }
         if i < n {
@@ -233,10 +255,10 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
             } else {
                 None
             };
-            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a0 = stats_step::<V, COUNT>(a0, &mut side, x0, v0, pass.m, pass.shift);
         }
     }
-    let mut count = if COUNT { cnt.reduce_sum() } else { 0.0 };
+    let mut count = if COUNT { side.cnt.reduce_sum() } else { 0.0 };
     if COUNT && m == ninf {
         // The −inf fill lanes of the tail equal the maximum here: they are not values.
         count -= (n.next_multiple_of(l) - n) as f64;
@@ -246,20 +268,77 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
         cnt: count,
         rest: a0.add(a1).reduce_sum(),
         shift: shift.to_f64(),
-        dot: if S::ACTIVE { d0.reduce_sum() } else { 0.0 },
-        vsum: if S::ACTIVE { s0.reduce_sum() } else { 0.0 },
+        dot: if S::ACTIVE {
+            side.dot.reduce_sum()
+        } else {
+            0.0
+        },
+        vsum: if S::ACTIVE {
+            side.vsum.reduce_sum()
+        } else {
+            0.0
+        },
+    }
+}
+
+/// What pass 2 reads: the values, their weights, where to prefetch, and the reference.
+struct Pass<V: SimdVec, S> {
+    x: *const V::F,
+    v: S,
+    ahead: Ahead,
+    m: V,
+    shift: V,
+}
+
+/// Pass 2's accumulators besides the sum of exponentials: the count of maxima and the
+/// weighted sums.
+struct Side<V> {
+    cnt: V,
+    dot: V,
+    vsum: V,
+}
+
+impl<V: SimdVec, S: VSource<V>> Pass<V, S> {
+    /// `steps` steps of two vectors from `i` on, summed into fresh accumulators.
+    ///
+    /// # Safety
+    /// The values `i..i + 2·LANES·steps` are in bounds of `x` and `v`.
+    #[inline(always)]
+    unsafe fn steps<const COUNT: bool>(
+        &self,
+        i: usize,
+        steps: usize,
+        side: &mut Side<V>,
+    ) -> (V, V) {
+        let l = V::LANES;
+        let zero = V::splat(V::F::ZERO);
+        let (mut b0, mut b1) = (zero, zero);
+        for k in 0..steps {
+            let j = i + 2 * l * k;
+            self.ahead.touch(j);
+            self.ahead.touch(j + l);
+            // SAFETY: in bounds (the caller's contract).
+            let (x0, x1, v0, v1) = unsafe {
+                let (x0, x1) = (V::load(self.x.add(j)), V::load(self.x.add(j + l)));
+                if S::ACTIVE {
+                    (x0, x1, Some(self.v.load(j)), Some(self.v.load(j + l)))
+                } else {
+                    (x0, x1, None, None)
+                }
+            };
+            b0 = stats_step::<V, COUNT>(b0, side, x0, v0, self.m, self.shift);
+            b1 = stats_step::<V, COUNT>(b1, side, x1, v1, self.m, self.shift);
+        }
+        (b0, b1)
     }
 }
 
 /// One vector of the statistics pass. A function, not a closure, so that it is certain to be
 /// inlined into the `#[target_feature]` caller.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn stats_step<V: SimdVec, const COUNT: bool>(
     acc: V,
-    cnt: &mut V,
-    d: &mut V,
-    s: &mut V,
+    side: &mut Side<V>,
     xv: V,
     vv: Option<V>,
     mv: V,
@@ -267,12 +346,12 @@ fn stats_step<V: SimdVec, const COUNT: bool>(
 ) -> V {
     let e = xv.sub(mv).exp();
     if let Some(vv) = vv {
-        *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
-        *s = s.add(vv);
+        side.dot = side.dot.add(V::mul_nonzero(vv, xv.sub(sv)));
+        side.vsum = side.vsum.add(vv);
     }
     if COUNT {
-        let (acc, c) = acc.add_split(*cnt, e, xv, mv);
-        *cnt = c;
+        let (acc, c) = acc.add_split(side.cnt, e, xv, mv);
+        side.cnt = c;
         acc
     } else {
         acc.add(e)
