@@ -24,6 +24,9 @@ pub use kernels::cross_entropy::{
     check_class_indices, cross_entropy, cross_entropy_backward, cross_entropy_with_grad, CeOptions,
     CeSummary, GradIo, Reduction, Scale, Target,
 };
+/// The inner loops alone, for `benches/inner.rs`; not part of the API.
+#[doc(hidden)]
+pub use kernels::inner::{run as inner_loop, Loop};
 pub use kernels::softmax::{logsumexp_rows, softmax_rows};
 pub use parallel::{num_threads, set_num_threads};
 pub use simd::{detected_tier, set_tier, tier, Tier};

@@ -6,6 +6,7 @@
 pub(crate) mod chunk;
 pub(crate) mod columns;
 pub(crate) mod cross_entropy;
+pub(crate) mod inner;
 pub(crate) mod rows;
 pub(crate) mod softmax;
 pub(crate) mod stats;
