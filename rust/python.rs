@@ -528,7 +528,7 @@ fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
             Ok(())
         }
         _ => Err(PyValueError::new_err(format!(
-            "the number of threads must be an int from 1 to {max}, got {n}"
+            "the number of threads must be an int, at least 1 and at most {max}, got {n}"
         ))),
     }
 }
