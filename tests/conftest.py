@@ -6,6 +6,7 @@ so the numpy API's tests run where torch is absent: `pytest -m "not torch"` ther
 
 import importlib.util
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ import pytest
 CLASS_COUNTS = [1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 100, 2047, 2048, 2049, 4097]
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-# These modules test mlecore.torch, or compare against torch throughout.
-collect_ignore = [] if HAS_TORCH else ["test_torch.py", "test_bench.py", "test_torch_hostile.py"]
+#: Modules that test mlecore.torch (test_torch*.py) or compare against torch throughout.
+TORCH_MODULES = sorted(p.name for p in Path(__file__).parent.glob("test_torch*.py")) + [
+    "test_bench.py"]
+collect_ignore = [] if HAS_TORCH else TORCH_MODULES
 
 
 def pytest_configure(config):
@@ -24,7 +27,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.fspath.basename in ("test_torch.py", "test_bench.py", "test_torch_hostile.py"):
+        if item.fspath.basename in TORCH_MODULES:
             item.add_marker(pytest.mark.torch)
 
 

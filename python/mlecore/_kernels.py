@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _mlecore as _ext
+from ._arrays import native
 from ._spec import label_error
 
 
@@ -65,8 +66,6 @@ def check_labels(target: np.ndarray, n_classes: int, ignore_index: int,
                  weight: np.ndarray | None = None) -> float:
     """Checks class indices (any integer dtype, any shape) in Rust; returns the `mean`
     denominator (the summed float64 `weight` of the non-ignored labels, or their count)."""
-    flat = np.ascontiguousarray(target.reshape(-1))
-    if not flat.dtype.isnative:
-        flat = flat.astype(flat.dtype.newbyteorder("="))
+    flat = native(np.ascontiguousarray(target.reshape(-1)))
     with labels_reported(target.shape, n_classes, ignore_index):
         return _ext.check_labels(flat, n_classes, ignore_index, weight)

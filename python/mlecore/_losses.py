@@ -28,14 +28,14 @@ class Problem:
         self.reduction, eps, ignore = _spec.check_options(reduction, label_smoothing,
                                                           ignore_index)
         x = as_float_array(input)
-        t = np.asarray(target)
+        t = native(np.asarray(target))
         is_index = _spec.target_is_index(t.dtype.kind, t.dtype)
         n_classes, self.loss_shape = _spec.class_layout(x.shape, t.shape, is_index)
         target_shape = t.shape
         class_axis = (_spec.class_axis(x.ndim),)
         self.layout = as_rows(x, class_axis)
         if is_index:
-            t = native(np.ascontiguousarray(t.reshape(-1)))
+            t = np.ascontiguousarray(t.reshape(-1))
         else:
             t = as_rows(t.astype(x.dtype, copy=False), class_axis).matrix
         w = None if weight is None else class_weights(weight, n_classes, compute_dtype(x.dtype))
@@ -250,7 +250,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     valid = label_mask(t, ignore)
     safe = np.where(valid, t, 0).astype(np.intp)
     axis = _spec.class_axis(x.ndim)
-    picked = np.take_along_axis(x, np.expand_dims(safe, axis), axis=axis).squeeze(axis)
+    if n_classes:
+        picked = np.take_along_axis(x, np.expand_dims(safe, axis), axis=axis).squeeze(axis)
+    else:  # no classes: every label is ignored (checked)
+        picked = np.zeros(loss_shape)
     wy = np.where(valid, 1.0 if w is None else w[safe], 0.0)
     with np.errstate(invalid="ignore"):
         loss = np.where(valid, -wy * picked.astype(np.float64), 0.0)

@@ -251,6 +251,11 @@ impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
         self.eps / self.cols as f64
     }
 
+    /// A = Σ v of a row whose class is `y`: (1 − ε)·w_y + (ε/C)·Σ w.
+    fn total_weight(&self, y: usize) -> f64 {
+        (1.0 - self.eps) * self.class_weight(y) + self.smoothing() * self.wsum
+    }
+
     fn grad(&self) -> Option<GradOut<'a, T>> {
         match self.out {
             Outputs::Rows { grad, .. } => grad,
@@ -296,10 +301,14 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
         };
         // SAFETY: each row is finished exactly once.
         unsafe { lse.set(r, T::F::from_f64(s.m + excess)) };
+        let poisoned = poisoned(s.m, excess);
         let value = match self.target {
+            Target::Probs(_) if poisoned => f64::NAN,
             Target::Probs(_) => s.weighted_nll(excess),
             Target::Index(_) => match self.class(r) {
                 None => 0.0,
+                Some(_) if poisoned => f64::NAN,
+                Some(y) if self.total_weight(y) == 0.0 => 0.0,
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
                     let xy = unsafe { *self.row(r).add(y) }.to_f64();
@@ -334,38 +343,49 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
             Some(lse) => (lse[r].to_f64(), 0.0),
             None => (s.m, excess),
         };
-        // The gradient is scale·(A·softmax(x) − v).
+        let ignored = matches!(self.target, Target::Index(_)) && self.class(r).is_none();
+        if ignored || poisoned(m, excess) {
+            let value = if ignored { 0.0 } else { f64::NAN };
+            // SAFETY: the row holds `cols` values; this task owns `range` of it.
+            unsafe { fill(g, range, value) };
+            return;
+        }
+        // The gradient is scale·(A·softmax(x) − v). A row of total weight A = 0 contributes
+        // nothing: its softmax term is 0, also where the softmax is undefined (all −inf), so
+        // the reference moves to +inf, where every e^(x − m) is 0.
         let gradient = |a: f64, v_scale: f64| ScaledSoftmax {
-            m: T::F::from_f64(m),
-            excess: T::F::from_f64(excess),
+            m: T::F::from_f64(if a == 0.0 { f64::INFINITY } else { m }),
+            excess: T::F::from_f64(if a == 0.0 { 0.0 } else { excess }),
             p_scale: T::F::from_f64(scale * a),
             v_scale: T::F::from_f64(v_scale),
         };
-        match self.target {
-            Target::Probs(_) => {
+        match (self.target, self.class(r)) {
+            (Target::Probs(_), _) => {
                 let f = gradient(s.vsum, scale);
-                // SAFETY: the row holds `cols` values; this task owns `range` of it.
+                // SAFETY: as above.
                 unsafe { write_exp::<T, V>(x, g, range, f, self.weights(r), scratch) };
             }
-            Target::Index(_) => match self.class(r) {
-                // SAFETY: as above.
-                None => unsafe { fill(g, range, 0.0) },
-                Some(y) => {
-                    let a = (1.0 - self.eps) * self.class_weight(y) + self.smoothing() * self.wsum;
-                    let f = gradient(a, scale * self.smoothing());
-                    // SAFETY: as above; `y` is inside the row.
-                    unsafe {
-                        write_exp::<T, V>(x, g, range.clone(), f, self.weights(r), scratch);
-                        if range.contains(&y) {
-                            let gy = g.add(y);
-                            let hot = scale * (1.0 - self.eps) * self.class_weight(y);
-                            *gy = T::from_f64((*gy).to_f64() - hot);
-                        }
+            (Target::Index(_), Some(y)) => {
+                let f = gradient(self.total_weight(y), scale * self.smoothing());
+                // SAFETY: as above; `y` is inside the row.
+                unsafe {
+                    write_exp::<T, V>(x, g, range.clone(), f, self.weights(r), scratch);
+                    if range.contains(&y) {
+                        let gy = g.add(y);
+                        let hot = scale * (1.0 - self.eps) * self.class_weight(y);
+                        *gy = T::from_f64((*gy).to_f64() - hot);
                     }
                 }
-            },
+            }
+            (Target::Index(_), None) => unreachable!("ignored rows are filled above"),
         }
     }
+}
+
+/// A row holding +inf or NaN, from its statistics (or its saved log-sum-exp): its loss and
+/// gradient are NaN, on both backends (torch gives NaN losses and gradients there too).
+fn poisoned(m: f64, excess: f64) -> bool {
+    m == f64::INFINITY || m.is_nan() || excess.is_nan()
 }
 
 struct Checked {

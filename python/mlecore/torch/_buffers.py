@@ -1,69 +1,70 @@
 """Memory for the CPU kernels' full-size results, reused once nothing refers to it.
 
 A fresh 0.5 GB gradient costs more in first-touch page faults than computing it (autograd asks
-for a new gradient every step). The pool keeps the numpy arrays behind the last few large
-results; a tensor made by `torch.from_numpy` holds a reference to its array for as long as any
-tensor or view uses the memory, so an array whose reference count is back to the pool's own is
-free to hand out again.
+for a new gradient every step). The pool remembers the storages of the last `KEEP` large
+results, whether in use or not, and hands one out again only when no tensor uses it any more
+(its reference count is the pool's own). It never holds more than `KEEP` storages: an older
+result is forgotten, and freed as usual when its tensors are. The storages are torch's own,
+so pooled results behave as any tensor (`resize_`, `out=`, storage resizing).
 """
 
 from __future__ import annotations
 
-import sys
+import math
+import os
 import threading
 
-import numpy as np
 import torch
 
 #: Results smaller than this are allocated as usual.
 MIN_BYTES = 4 << 20
-#: How many arrays the pool keeps (the most recently used).
+#: How many storages the pool remembers (the most recently handed out).
 KEEP = 2
 
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-          torch.bfloat16: np.uint16}
+
+def _users(storage: torch.UntypedStorage) -> int:
+    """How many references the storage has (tensors using it, and the pool's own)."""
+    return torch._C._storage_Use_Count(storage._cdata)
 
 
 class BufferPool:
     def __init__(self, keep: int = KEEP, min_bytes: int = MIN_BYTES):
-        self._arrays: list[np.ndarray] = []
+        self._storages: list[torch.UntypedStorage] = []  # the most recent last
         self._keep = keep
         self._min_bytes = min_bytes
         self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            # A thread of the parent may hold the lock when another forks.
+            os.register_at_fork(after_in_child=self._after_fork)
 
-    def _free(self, i: int) -> bool:
-        # The list's reference and getrefcount's argument: nobody else holds the array.
-        return sys.getrefcount(self._arrays[i]) == 2
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialized CPU tensor, on reused memory when a free array fits."""
-        np_dtype = np.dtype(_NUMPY[dtype])
-        nbytes = int(np.prod(shape)) * np_dtype.itemsize
+        """An uninitialized contiguous CPU tensor, on reused memory when a free storage of
+        the same size is remembered."""
+        shape = tuple(shape)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if nbytes < self._min_bytes:
             return torch.empty(shape, dtype=dtype)
-        shape = tuple(shape)
         with self._lock:
-            for i in range(len(self._arrays)):
-                if self._arrays[i].shape == shape and self._arrays[i].dtype == np_dtype \
-                        and self._free(i):
-                    array = self._arrays.pop(i)
+            for i, s in enumerate(self._storages):
+                if s.nbytes() == nbytes and _users(s) == 1:
+                    storage = self._storages.pop(i)
                     break
             else:
-                array = np.empty(shape, np_dtype)
-                # Drop the oldest free arrays beyond the limit (never one in use).
-                while len(self._arrays) >= self._keep:
-                    free = [i for i in range(len(self._arrays)) if self._free(i)]
-                    if not free:
-                        break
-                    self._arrays.pop(free[0])
-            self._arrays.append(array)
-            tensor = torch.from_numpy(array)
-        return tensor.view(dtype) if dtype == torch.bfloat16 else tensor
+                storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+            self._storages.append(storage)
+            del self._storages[: -self._keep]
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
     def clear(self) -> None:
-        """Forget every array (memory in use stays with its tensors)."""
+        """Forget every storage (memory in use stays with its tensors)."""
         with self._lock:
-            self._arrays.clear()
+            self._storages.clear()
+
+    def __len__(self) -> int:
+        return len(self._storages)
 
 
 POOL = BufferPool()

@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _spec
 from . import _reference as R
 from . import _rust
-from ._ops import check_targets, ops
+from ._ops import TRANSFORMABLE, check_targets, ops
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -82,7 +82,7 @@ def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto
     x = _float_input(input)
     dims = _spec.check_dim(dim, x.ndim)
     rows = _Rows(x, dims)
-    out = ops(backend, x.device).logsumexp(rows.matrix).reshape(rows.kept_shape)
+    out = ops(backend, x).logsumexp(rows.matrix).reshape(rows.kept_shape)
     if keepdim:
         for d in dims:
             out = out.unsqueeze(d)
@@ -91,7 +91,18 @@ def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto
     return out
 
 
-def log_softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
+def _normalized(input, dim, dtype, backend, which):
+    """softmax or log_softmax over `dim`, the input cast to `dtype` first (torch's rule)."""
+    if dtype is not None and isinstance(input, Tensor):
+        input = input.to(dtype)
+    x = _float_input(input)
+    dims = _spec.check_dim(dim, x.ndim)
+    rows = _Rows(x, dims)
+    return rows.restore(getattr(ops(backend, x), which)(rows.matrix))
+
+
+def log_softmax(input: Tensor, dim, _stacklevel: int = 3, dtype: torch.dtype | None = None,
+                *, backend: str = "auto") -> Tensor:
     """log softmax over `dim`, as `torch.nn.functional.log_softmax`, on mlecore's operators.
 
     Parameters
@@ -99,14 +110,20 @@ def log_softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
     input : torch.Tensor
         float16, bfloat16, float32 or float64; any device.
     dim : int or tuple of ints or None
-        The dimensions the softmax normalizes over (None: all).
+        The dimensions the softmax normalizes over (None: all). Required: torch's implicit
+        choice of a dimension is deprecated there, and would differ here.
+    _stacklevel : int, optional
+        Accepted for torch's signature; unused.
+    dtype : torch.dtype, optional
+        The input is cast to it before the operation, as torch does (``dtype=torch.float32``
+        for a float32 result from bfloat16 logits).
     backend : {"auto", "rust", "torch"}, optional
         As in `logsumexp`.
 
     Returns
     -------
     torch.Tensor
-        Same shape and dtype; a slice holding +inf or NaN is all NaN.
+        Same shape, of `dtype` or the input's dtype; a slice holding +inf or NaN is all NaN.
 
     Examples
     --------
@@ -114,28 +131,32 @@ def log_softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
     >>> mt.log_softmax(torch.tensor([0.0, 0.0]), dim=0)
     tensor([-0.6931, -0.6931])
     """
-    x = _float_input(input)
-    dims = _spec.check_dim(dim, x.ndim)
-    rows = _Rows(x, dims)
-    return rows.restore(ops(backend, x.device).log_softmax(rows.matrix))
+    return _normalized(input, dim, dtype, backend, "log_softmax")
 
 
-def softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
-    """softmax over `dim`, as `torch.softmax`: exp of `log_softmax`.
+def softmax(input: Tensor, dim, _stacklevel: int = 3, dtype: torch.dtype | None = None,
+            *, backend: str = "auto") -> Tensor:
+    """softmax over `dim`, as `torch.nn.functional.softmax`, on mlecore's operators.
 
     Parameters
     ----------
     input : torch.Tensor
-        float16, bfloat16, float32 or float64; any device.
+        float16, bfloat16, float32 or float64; any device. float16 and bfloat16 are computed
+        in float32 and rounded once.
     dim : int or tuple of ints or None
-        The dimensions the softmax normalizes over (None: all).
+        The dimensions the softmax normalizes over (None: all). Required: torch's implicit
+        choice of a dimension is deprecated there, and would differ here.
+    _stacklevel : int, optional
+        Accepted for torch's signature; unused.
+    dtype : torch.dtype, optional
+        The input is cast to it before the operation, as torch does.
     backend : {"auto", "rust", "torch"}, optional
         As in `logsumexp`.
 
     Returns
     -------
     torch.Tensor
-        Same shape and dtype.
+        Same shape, of `dtype` or the input's dtype; a slice holding +inf or NaN is all NaN.
 
     Examples
     --------
@@ -143,7 +164,7 @@ def softmax(input: Tensor, dim, *, backend: str = "auto") -> Tensor:
     >>> mt.softmax(torch.tensor([0.0, 0.0]), dim=0)
     tensor([0.5000, 0.5000])
     """
-    return torch.exp(log_softmax(input, dim, backend=backend))
+    return _normalized(input, dim, dtype, backend, "softmax")
 
 
 def _target_kind(target: Tensor) -> bool:
@@ -160,9 +181,15 @@ def _check_weight(weight, classes, x):
         return None
     if not isinstance(weight, Tensor) or weight.shape != (classes,):
         raise _spec.weight_shape_error(classes, getattr(weight, "shape", type(weight).__name__))
-    if weight.device != x.device:
-        raise ValueError(f"weight is on {weight.device}, input on {x.device}")
+    _same_device(weight, x, "weight")
     return weight
+
+
+def _same_device(t: Tensor, x: Tensor, name: str) -> None:
+    """torch's rule: every tensor argument on the input's device (a RuntimeError)."""
+    if t.device != x.device:
+        raise RuntimeError(f"{name} is on device {t.device}, not on the input's device "
+                           f"{x.device}: every tensor argument must be on one device")
 
 
 def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
@@ -173,6 +200,7 @@ def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
     if index_only:
         _spec.index_only(is_index, target.dtype)
     classes, loss_shape = _spec.class_layout(x.shape, target.shape, is_index)
+    _same_device(target, x, "target")
     w = _check_weight(weight, classes, x)
     t = target if is_index else _class_rows(target).matrix
     return x, t, w, ignore, eps, reduction, loss_shape
@@ -230,7 +258,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
     rows = _class_rows(x).matrix
-    loss_rows, _, denom = ops(backend, x.device).cross_entropy(rows, t, w, ignore, eps)
+    loss_rows, _, denom = ops(backend, x).cross_entropy(rows, t, w, ignore, eps)
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
 
 
@@ -264,11 +292,14 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     """
     x, t, w, ignore, _, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, 0.0, index_only=True)
-    ops(backend, x.device)  # the same device rule as the other functions
+    ops(backend, x)  # the same device rule as the other functions
     rows = _class_rows(x).matrix
     safe = check_targets(t, rows.shape[-1], ignore).reshape(-1)
     valid = R.labels(t, rows.shape[-1], ignore)[1].reshape(-1)
-    picked = rows.gather(-1, safe.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    if rows.shape[-1]:
+        picked = rows.gather(-1, safe.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    else:  # no classes: every label is ignored (checked)
+        picked = rows.new_zeros(rows.shape[0], dtype=torch.float64)
     wy = torch.ones_like(picked) if w is None else w.to(torch.float64)[safe]
     wy = torch.where(valid, wy, torch.zeros_like(wy))
     loss_rows = torch.where(valid, -wy * picked, torch.zeros_like(picked))
@@ -276,20 +307,86 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
 
 class _PrecomputedGrad(torch.autograd.Function):
-    """A loss whose gradient was already computed by the fused pass."""
+    """A loss whose gradient was already computed by the fused pass. `loss_of` recomputes the
+    loss from the input differentiably, for a backward pass that builds a graph (a gradient
+    penalty, `create_graph=True`): the saved gradient is a constant there."""
 
     @staticmethod
-    def forward(ctx, input, loss, grad):
-        ctx.save_for_backward(grad)
+    def forward(ctx, input, loss, grad, loss_of):
+        ctx.save_for_backward(input, grad)
         ctx.class_dim = 0 if input.ndim == 1 else 1
+        ctx.loss_of = loss_of
         return loss.clone()
 
     @staticmethod
     def backward(ctx, g):
-        (grad,) = ctx.saved_tensors
+        x, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                (gx,) = torch.autograd.grad(ctx.loss_of(x), x, g, create_graph=True)
+            return gx, None, None, None
         if g.ndim:  # reduction="none": row r's loss moves row r's gradient only
             g = g.unsqueeze(ctx.class_dim)
-        return grad * g.to(grad.dtype), None, None
+        return grad * g.to(grad.dtype), None, None, None
+
+
+def _with_grad_transformable(x, t, w, ignore, eps, reduction, loss_shape, out):
+    """cross_entropy_with_grad under forward-mode AD or a torch.func transform: the loss and
+    the gradient as differentiable functions of the input, so that tangents and batching
+    reach both."""
+    if out is not None:
+        raise ValueError("out= cannot be written under forward-mode AD or torch.func "
+                         "transforms; leave it out")
+    layout = _class_rows(x)
+    loss_rows, lse, denom = TRANSFORMABLE.cross_entropy(layout.matrix, t, w, ignore, eps)
+    scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
+    grad_rows = TRANSFORMABLE.cross_entropy_backward(
+        scale.expand(loss_rows.shape), layout.matrix, t.reshape(-1) if not
+        t.is_floating_point() else t, w, lse, ignore, eps)
+    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype), layout.restore(grad_rows)
+
+
+def _memory(t: Tensor) -> tuple[int, int]:
+    """The bytes [lo, hi) that a tensor's elements lie in."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        step = (size - 1) * stride * t.element_size()
+        lo, hi = (lo + step, hi) if step < 0 else (lo, hi + step)
+    return lo, hi + t.element_size()
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    (alo, ahi), (blo, bhi) = _memory(a), _memory(b)
+    return alo < bhi and blo < ahi
+
+
+def _check_out(out, x: Tensor, target: Tensor, weight: Tensor | None) -> bool:
+    """Validates `out=` as torch validates out= and in-place writes; True when `out` is
+    the input itself (an in-place gradient)."""
+    if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype \
+            or out.device != x.device:
+        raise ValueError(f"out must be a tensor of the input's shape {tuple(x.shape)}, "
+                         f"dtype {x.dtype} and device {x.device}")
+    inplace = (out.data_ptr() == x.data_ptr() and out.stride() == x.stride())
+    if inplace and x.requires_grad:
+        raise ValueError("out=input overwrites a tensor that requires grad")
+    if out.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("cross_entropy_with_grad(): out= tensors don't support automatic "
+                           "differentiation, but out requires grad")
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError("Inplace update to inference tensor outside InferenceMode is not "
+                           "allowed: clone it first")
+    if not inplace and _overlap(out, x):
+        raise ValueError("out overlaps input without being input itself; pass out=input for "
+                         "an in-place gradient, or a separate tensor")
+    for name, read in (("target", target), ("weight", weight)):
+        # The kernel reads these while it writes out: any shared memory is refused.
+        if read is not None and _overlap(out, read):
+            raise ValueError(f"out overlaps {name}: the gradient would overwrite it while "
+                             "the kernel reads it; pass a separate tensor")
+    return inplace
 
 
 def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -324,13 +421,10 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
     if out is not None:
-        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype \
-                or out.device != x.device:
-            raise ValueError(f"out must be a tensor of the input's shape {tuple(x.shape)}, "
-                             f"dtype {x.dtype} and device {x.device}")
-        if out.data_ptr() == x.data_ptr() and x.requires_grad:
-            raise ValueError("out=input overwrites a tensor that requires grad")
-    o = ops(backend, x.device)
+        _check_out(out, x, target, w)
+    o = ops(backend, x)
+    if o is TRANSFORMABLE:
+        return _with_grad_transformable(x, t, w, ignore, eps, reduction, loss_shape, out)
     layout = _class_rows(x.detach())
     rows = layout.matrix
     direct = out is not None and out.ndim <= 2 and out.is_contiguous()
@@ -351,7 +445,13 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
             out.copy_(grad)
             grad = out
         elif out is not None:
+            # Rust wrote out's memory directly: tell autograd, as an in-place op would.
+            torch.autograd.graph.increment_version(out)
             grad = out
     if x.requires_grad and out is None and torch.is_grad_enabled():
-        loss = _PrecomputedGrad.apply(x, loss, grad)
+        def loss_of(xi):
+            return cross_entropy(xi, target, weight, ignore_index, reduction, label_smoothing,
+                                 backend=backend)
+
+        loss = _PrecomputedGrad.apply(x, loss, grad, loss_of)
     return loss, grad

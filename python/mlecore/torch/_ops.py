@@ -37,6 +37,8 @@ class OpSet:
     logsumexp_backward: object
     log_softmax: object
     log_softmax_backward: object
+    softmax: object
+    softmax_backward: object
     cross_entropy: object
     cross_entropy_backward: object
 
@@ -104,6 +106,32 @@ def _define(prefix: str, rust: bool) -> OpSet:
 
     log_softmax.register_autograd(ls_backward, setup_context=ls_setup)
 
+    # --- softmax over the last axis of (R, C): its own kernel, so that float16 and bfloat16
+    # results are rounded once (the exponential of a rounded log-softmax lost 3 bits) --------
+    @torch.library.custom_op(ns + "softmax", mutates_args=())
+    def softmax(input: Tensor) -> Tensor:
+        return R.softmax_rows(input).contiguous()
+
+    @torch.library.custom_op(ns + "softmax_backward", mutates_args=())
+    def softmax_backward(grad: Tensor, result: Tensor) -> Tensor:
+        return R.softmax_grad(grad, result).contiguous()
+
+    @softmax.register_fake
+    def _(input):
+        return input.new_empty(input.shape)
+
+    @softmax_backward.register_fake
+    def _(grad, result):
+        return result.new_empty(result.shape)
+
+    def sm_backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return R.softmax_grad(grad, out)
+        return softmax_backward(grad, out)
+
+    softmax.register_autograd(sm_backward, setup_context=ls_setup)
+
     # --- cross-entropy over rows -----------------------------------------------------------
     @torch.library.custom_op(ns + "cross_entropy", mutates_args=())
     def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
@@ -161,11 +189,12 @@ def _define(prefix: str, rust: bool) -> OpSet:
         logsumexp.register_kernel("cpu")(_rust.logsumexp)
         logsumexp_backward.register_kernel("cpu")(_rust.logsumexp_backward)
         log_softmax.register_kernel("cpu")(_rust.log_softmax)
+        softmax.register_kernel("cpu")(_rust.softmax)
         cross_entropy.register_kernel("cpu")(_rust.cross_entropy)
         cross_entropy_backward.register_kernel("cpu")(_rust.cross_entropy_backward)
 
-    return OpSet(logsumexp, logsumexp_backward, log_softmax, log_softmax_backward,
-                 cross_entropy, cross_entropy_backward)
+    return OpSet(logsumexp, logsumexp_backward, log_softmax, log_softmax_backward, softmax,
+                 softmax_backward, cross_entropy, cross_entropy_backward)
 
 
 def _log_softmax_grad(grad: Tensor, out: Tensor) -> Tensor:
@@ -189,12 +218,47 @@ RUST = _define("", rust=True)
 TORCH = _define("torch_", rust=False)
 
 
-def ops(backend: str, device: torch.device) -> OpSet:
-    """The operators for `backend` ("auto", "rust", "torch") on `device`."""
-    if check_backend(backend) == "torch":
-        return TORCH
-    if backend == "rust" and device.type != "cpu":
+def _checked_rows(input, target, weight, ignore_index, label_smoothing):
+    # Under vmap a batched target cannot be tested on the host; torch's gather then reports a
+    # bad label itself.
+    if not torch._C._functorch.is_batchedtensor(target):
+        _check_labels(target, input.shape[-1], ignore_index)
+    t = target if target.is_floating_point() else target.reshape(-1)
+    return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing)
+
+
+#: The same operations as plain differentiable torch functions, for forward-mode AD and the
+#: torch.func transforms (jvp, jacfwd, hessian, vmap, ...), which custom operators do not
+#: support: torch derives every rule from the operations themselves.
+TRANSFORMABLE = OpSet(
+    logsumexp=R.logsumexp_rows,
+    logsumexp_backward=None,
+    log_softmax=R.log_softmax_rows,
+    log_softmax_backward=None,
+    softmax=R.softmax_rows,
+    softmax_backward=None,
+    cross_entropy=_checked_rows,
+    cross_entropy_backward=R.cross_entropy_backward,
+)
+
+
+def _transformed(x: Tensor) -> bool:
+    """True when `x` carries a forward-mode tangent or is wrapped by a torch.func transform."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return True
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+
+
+def ops(backend: str, x: Tensor) -> OpSet:
+    """The operators for `backend` ("auto", "rust", "torch") on `x`'s device; plain torch
+    functions when `x` is under forward-mode AD or a torch.func transform."""
+    device = x.device
+    if check_backend(backend) == "rust" and device.type != "cpu":
         raise ValueError(f"backend='rust' runs on CPU tensors only, got a tensor on "
                          f"{device}; the Rust kernels cannot read device memory (use "
                          "backend='auto' or 'torch', which run torch's own operations there)")
-    return RUST
+    if _transformed(x):
+        return TRANSFORMABLE
+    return TORCH if backend == "torch" else RUST

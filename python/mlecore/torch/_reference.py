@@ -69,6 +69,21 @@ def softmax_scale(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     return torch.where((lse == -torch.inf).unsqueeze(-1), torch.zeros_like(p), p)
 
 
+def softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last axis, computed in float32 or float64 and rounded once; a row
+    holding +inf or NaN is all NaN."""
+    xc = x.to(compute_dtype(x.dtype))
+    out = torch.softmax(xc, dim=-1)
+    bad = (torch.isnan(xc) | (xc == torch.inf)).any(dim=-1, keepdim=True)
+    return torch.where(bad, torch.full_like(out, torch.nan), out).to(x.dtype)
+
+
+def softmax_grad(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient of softmax from its output y: y·(g − Σ g·y), in the compute dtype."""
+    g, y = grad.to(compute_dtype(out.dtype)), out.to(compute_dtype(out.dtype))
+    return (y * (g - (g * y).sum(-1, keepdim=True))).to(out.dtype)
+
+
 def log_softmax_rows(x: torch.Tensor) -> torch.Tensor:
     """x − logsumexp(x); a row holding +inf or NaN is all NaN."""
     xc = x.to(compute_dtype(x.dtype))
@@ -98,11 +113,18 @@ def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float):
     xc = x.to(compute_dtype(x.dtype))
     classes = xc.shape[-1]
     lse = logsumexp_rows(xc)
-    v, _, hard = _row_weights(xc, target, weight, ignore_index, eps)
+    if classes == 0:
+        # No classes: every label was ignored (checked), and a sum over no classes is 0.
+        rows = xc.shape[0]
+        denom = float(rows) if target.is_floating_point() else 0.0
+        return (torch.zeros(rows, dtype=torch.float64, device=x.device), lse,
+                torch.tensor(denom, dtype=torch.float64, device=x.device))
+    v, a, hard = _row_weights(xc, target, weight, ignore_index, eps)
+    poisoned = _poisoned(lse)
     if hard is None:
         # 0·(lse − x) is 0 even where x = −inf: a zero probability adds nothing.
         terms = torch.where(v == 0, torch.zeros_like(v), v * (lse.unsqueeze(-1) - xc))
-        loss = terms.sum(-1)
+        loss = torch.where(poisoned, torch.nan, terms.sum(-1))
         denom = torch.tensor(float(xc.shape[0]), dtype=torch.float64, device=x.device)
         return loss.to(torch.float64), lse, denom
     valid, y, wy = hard
@@ -111,19 +133,34 @@ def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float):
     if eps > 0:
         w = _weights(weight, classes, xc)
         loss = loss + (eps / classes) * (w * (lse.unsqueeze(-1) - xc)).sum(-1)
+    # A row of total weight 0 contributes nothing; a row with +inf or NaN is NaN.
+    loss = torch.where(a == 0, torch.zeros_like(loss), loss)
+    loss = torch.where(poisoned, torch.nan, loss)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     denom = torch.where(valid, wy, torch.zeros_like(wy)).to(torch.float64).sum()
     return loss.to(torch.float64), lse, denom
 
 
+def _poisoned(lse: torch.Tensor) -> torch.Tensor:
+    """Rows holding +inf or NaN (their log-sum-exp is +inf or NaN): loss and gradient NaN."""
+    return (lse == torch.inf) | torch.isnan(lse)
+
+
 def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
-    """d(Σ grad_rows·loss_rows)/dx: grad_rows·(A·softmax(x) − v), 0 on ignored rows."""
+    """d(Σ grad_rows·loss_rows)/dx: grad_rows·(A·softmax(x) − v); 0 on ignored rows and on
+    the softmax term of rows of total weight A = 0; NaN on rows holding +inf or NaN."""
+    if x.shape[-1] == 0:
+        return torch.zeros_like(x)
     xc = x.to(compute_dtype(x.dtype))
     s = grad_rows.to(xc.dtype).unsqueeze(-1)
     v, a, hard = _row_weights(xc, target, weight, ignore_index, eps)
-    g = s * a.unsqueeze(-1) * softmax_scale(xc, lse.to(xc.dtype))
+    lse = lse.to(xc.dtype).unsqueeze(-1)
+    p = torch.exp(xc - lse)
+    a = a.unsqueeze(-1)
+    g = s * torch.where(a == 0, torch.zeros_like(p), a * p)
     if v is not None:
         g = g - s * v
+    g = torch.where(_poisoned(lse), torch.nan, g)
     if hard is not None:
         valid, y, wy = hard
         hot = (s.squeeze(-1) * (1 - eps) * wy).unsqueeze(-1)

@@ -14,13 +14,36 @@ from .._kernels import CeRows
 from ._buffers import POOL
 from ._reference import compute_dtype
 
+#: numpy's name for each dtype the kernels read or write (bfloat16 as its uint16 bits).
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+          torch.bfloat16: np.uint16, torch.int64: np.int64, torch.int32: np.int32,
+          torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
+          torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64}
+
+
+class _Memory:
+    """A tensor's memory as numpy sees it (the array interface), holding the tensor. Unlike
+    `Tensor.numpy()`, it leaves the tensor's storage resizable: the caller's tensors keep
+    every property they had."""
+
+    def __init__(self, t: torch.Tensor):
+        dtype = np.dtype(_NUMPY[t.dtype])
+        self.tensor = t
+        self.__array_interface__ = {
+            "data": (t.data_ptr(), False),
+            "shape": tuple(t.shape),
+            "strides": tuple(s * dtype.itemsize for s in t.stride()),
+            "typestr": dtype.str,
+            "version": 3,
+        }
+
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a contiguous CPU tensor's memory."""
+    """A numpy view of a CPU tensor's memory (no copy)."""
     t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.uint16).numpy()
-    return t.numpy()
+    if t.numel() == 0:
+        return np.empty(tuple(t.shape), _NUMPY[t.dtype])
+    return np.asarray(_Memory(t))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +77,13 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
     x = _rows(x)
     out = POOL.empty(x.shape, x.dtype)
     _ext.softmax_rows(as_numpy(x), as_numpy(out), True)
+    return out
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    x = _rows(x)
+    out = POOL.empty(x.shape, x.dtype)
+    _ext.softmax_rows(as_numpy(x), as_numpy(out), False)
     return out
 
 
