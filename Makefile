@@ -9,7 +9,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 # The numpy API's tests run a second time in a venv without torch.
 NOTORCH := .venv-notorch
 
-.PHONY: demo test bench bench-quick setup setup-test setup-lint build lint test-rust \
+.PHONY: demo test fuzz bench bench-quick setup setup-test setup-lint build lint test-rust \
 	test-python test-notorch test-aarch64 clean
 
 $(PY):
@@ -42,8 +42,9 @@ lint: setup-lint
 test-rust:
 	cargo test --release --lib
 
+# The property suite runs its fixed "ci" profile here and prints how many cases each ran.
 test-python: build
-	$(PY) -m pytest -q tests python/mlecore --doctest-modules
+	$(PY) -m pytest -q tests python/mlecore --doctest-modules --hypothesis-show-statistics
 
 # The numpy API without torch installed: the package, the numpy tests and their doctests.
 test-notorch: build
@@ -73,6 +74,11 @@ test-aarch64:
 	fi
 
 test: setup-test lint test-rust test-python test-notorch test-aarch64
+
+# The property suite's long profile: thousands of cases per property, new ones each run.
+fuzz: setup-test build
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_properties.py \
+		--hypothesis-show-statistics
 
 bench: setup-test build
 	$(PY) -m mlecore bench --json bench-out/bench.json --plot bench-out/bench.png

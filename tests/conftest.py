@@ -5,11 +5,13 @@ so the numpy API's tests run where torch is absent: `pytest -m "not torch"` ther
 """
 
 import importlib.util
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 #: Class counts that hit every SIMD tail (8 and 16 lanes), chunk (2048) and segment edge.
 CLASS_COUNTS = [1, 2, 3, 7, 8, 15, 16, 17, 31, 33, 100, 2047, 2048, 2049, 4097]
@@ -19,6 +21,13 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 TORCH_MODULES = sorted(p.name for p in Path(__file__).parent.glob("test_torch*.py")) + [
     "test_bench.py"]
 collect_ignore = [] if HAS_TORCH else TORCH_MODULES
+
+
+# The property suite's profiles: CI runs the same small set every time; `make fuzz` runs many.
+settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None,
+                          print_blob=True)
+settings.register_profile("fuzz", max_examples=3000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config):

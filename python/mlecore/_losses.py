@@ -189,9 +189,10 @@ def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduc
     if not inplace and isinstance(input, np.ndarray) and np.may_share_memory(out, input):
         raise ValueError("out overlaps input without being input itself; pass out=input for "
                          "an in-place gradient, or a separate array")
-    for name, read in (("target", rows.target), ("weight", rows.weight)):
-        # The kernel reads these while it writes out: any shared memory is refused.
-        if read is not None and np.may_share_memory(out, read):
+    for name, read in (("target", target), ("weight", weight)):
+        # The kernel reads these (or copies of them) while it writes out: memory shared with
+        # the caller's arrays is refused, whether or not a copy would have been read.
+        if isinstance(read, np.ndarray) and np.may_share_memory(out, read):
             raise ValueError(f"out overlaps {name}: the gradient would overwrite it while "
                              "the kernel reads it; pass a separate array")
     direct = out.ndim <= 2 and out.flags.c_contiguous and out.flags.aligned
