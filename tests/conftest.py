@@ -24,10 +24,12 @@ collect_ignore = [] if HAS_TORCH else TORCH_MODULES
 
 
 # The property suite's profiles: CI runs the same small set every time; `make fuzz` runs many.
+# Applied to each property test (`PROPERTIES`), since importing torch's test utilities loads
+# a profile of torch's own as the default.
 settings.register_profile("ci", derandomize=True, max_examples=60, deadline=None,
                           print_blob=True)
 settings.register_profile("fuzz", max_examples=3000, deadline=None, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROPERTIES = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mlecore
-from conftest import HAS_TORCH, numpy_ce, numpy_ce_grad
+from conftest import PROPERTIES, numpy_ce, numpy_ce_grad
 
 FLOATS = [np.float32, np.float64]
 #: (rtol, atol) against a float64 reference, per dtype.
@@ -55,6 +55,7 @@ def float_arrays(draw, extreme=True, max_dims=3):
     return draw(laid_out(hnp.arrays(dtype, shape, elements=values(dtype, extreme))))
 
 
+@PROPERTIES
 @given(float_arrays(), st.data())
 def test_logsumexp_matches_scipy(x, data):
     axis = data.draw(st.sampled_from([None, -1, 0] + ([(0, x.ndim - 1)] if x.ndim > 1 else [])))
@@ -69,6 +70,7 @@ def test_logsumexp_matches_scipy(x, data):
     assert np.shape(got) == np.shape(want)
 
 
+@PROPERTIES
 @given(float_arrays(), st.data())
 def test_softmax_and_log_softmax_match_scipy_where_rows_are_finite(x, data):
     assume(x.size)  # scipy refuses empty input (mlecore returns it empty)
@@ -128,6 +130,7 @@ def _close(got, want, dtype, what):
                                rtol=rtol * 10, atol=atol * 10, err_msg=what)
 
 
+@PROPERTIES
 @given(ce_problems())
 def test_cross_entropy_and_its_gradient_match_the_reference(problem):
     x, t, kw = problem
@@ -161,6 +164,7 @@ def _over(buf, offset, like):
     return a
 
 
+@PROPERTIES
 @given(ce_problems(matrix=True), st.sampled_from(["input", "target", "weight"]))
 def test_out_that_shares_memory_with_an_argument_is_refused(problem, victim):
     x, t, kw = problem
@@ -181,6 +185,7 @@ def test_out_that_shares_memory_with_an_argument_is_refused(problem, victim):
 
 
 @pytest.mark.torch
+@PROPERTIES
 @given(ce_problems())
 def test_both_torch_backends_match_torch(problem):
     import torch
@@ -206,8 +211,10 @@ def test_both_torch_backends_match_torch(problem):
         torch.testing.assert_close(xi.grad, xr.grad, rtol=1e-10, atol=atol, equal_nan=True)
 
 
-def test_the_suite_ran_with_a_known_profile():
-    from hypothesis import settings
-
-    assert settings.default.max_examples >= 50
-    assert HAS_TORCH in (True, False)
+def test_every_property_runs_the_chosen_profile():
+    properties = [v for k, v in globals().items() if k.startswith("test_") and
+                  hasattr(v, "hypothesis")]
+    assert len(properties) == 5
+    for test in properties:
+        chosen = test._hypothesis_internal_use_settings
+        assert chosen.max_examples == PROPERTIES.max_examples >= 60, test.__name__
