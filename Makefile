@@ -6,11 +6,20 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 REQS := python3 tools/requirements.py
 export VIRTUAL_ENV := $(abspath $(VENV))
-# The numpy API's tests run a second time in a venv without torch.
-NOTORCH := .venv-notorch
+DIST := dist
+# A fresh venv that installs the built wheel: no Rust on PATH, no access to python/.
+WHEELVENV := $(abspath .venv-wheel)
+SUITE := target/installed-suite
+X86 := x86_64-unknown-linux-gnu
+AARCH64 := aarch64-unknown-linux-gnu
+# Where the code must also build: macOS and Windows (the standard libraries come from rustup).
+OTHER_TARGETS := aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-msvc
+# maturin finds zig (the ziglang package) through the venv's python.
+TOOLS := PATH=$(abspath $(VENV))/bin:$$PATH
 
-.PHONY: demo test fuzz bench bench-quick setup setup-test setup-lint build lint test-rust \
-	test-python test-notorch test-aarch64 clean
+.PHONY: demo test fuzz bench bench-quick setup setup-test setup-lint setup-wheel build lint \
+	lint-targets test-rust test-python test-aarch64 wheel test-wheel test-sdist \
+	test-aarch64-wheel clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,6 +35,9 @@ setup-test: setup
 setup-lint: $(PY)
 	$(PIP) install -q $$($(REQS) lint)
 
+setup-wheel: $(PY)
+	$(PIP) install -q $$($(REQS) build wheel)
+
 # The extension, optimized, installed into the venv in development mode.
 build: $(PY)
 	$(VENV)/bin/maturin develop --release --quiet
@@ -33,11 +45,20 @@ build: $(PY)
 demo: setup build
 	$(PY) -m mlecore demo
 
-lint: setup-lint
+lint: setup-lint lint-targets
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests tools
+	$(VENV)/bin/actionlint .github/workflows/*.yml
+
+# The code builds for macOS and Windows too (Linux-only calls are behind cfg).
+lint-targets:
+	for t in $(OTHER_TARGETS); do \
+		rustup target list --installed | grep -qx $$t || rustup target add $$t || exit 1; \
+		PYO3_CROSS_PYTHON_VERSION=3.10 cargo clippy --release --all-targets --features python \
+			--target $$t -- -D warnings || exit 1; \
+	done
 
 test-rust:
 	cargo test --release --lib
@@ -46,20 +67,58 @@ test-rust:
 test-python: build
 	$(PY) -m pytest -q tests python/mlecore --doctest-modules --hypothesis-show-statistics
 
-# The numpy API without torch installed: the package, the numpy tests and their doctests.
-test-notorch: build
-	test -x $(NOTORCH)/bin/python || python3 -m venv $(NOTORCH)
-	$(NOTORCH)/bin/python -m pip --disable-pip-version-check install -q \
-		$$($(REQS) build runtime test-numpy)
-	VIRTUAL_ENV=$(abspath $(NOTORCH)) $(NOTORCH)/bin/maturin develop --release --quiet
-	! $(NOTORCH)/bin/python -c "import torch" 2>/dev/null
-	$(NOTORCH)/bin/python -m pytest -q -m "not torch" tests python/mlecore --doctest-modules \
-		--ignore=python/mlecore/torch
+# manylinux2014 abi3 wheels for x86_64 and aarch64 (cross-compiled, linked by zig) and the
+# sdist, into dist/; each wheel checked by auditwheel and for its contents.
+wheel: setup-wheel
+	rm -rf $(DIST)
+	rustup target list --installed | grep -qx $(AARCH64) || rustup target add $(AARCH64)
+	for t in $(X86) $(AARCH64); do \
+		$(TOOLS) maturin build --release --strip --zig --target $$t \
+			--compatibility manylinux2014 --out $(DIST) || exit 1; \
+	done
+	$(TOOLS) maturin sdist --out $(DIST)
+	$(TOOLS) $(PY) tools/check_wheel.py $(DIST)/*.whl
+
+# The x86_64 wheel installed in a fresh venv, with no Rust toolchain on PATH, and the test
+# suite run from outside the checkout against it: first the numpy API without torch (the
+# numpy tests need no torch), then everything with torch.
+INSTALLED := env -u VIRTUAL_ENV PATH=$(WHEELVENV)/bin:/usr/local/bin:/usr/bin:/bin
+test-wheel: wheel
+	rm -rf $(WHEELVENV) $(SUITE) && python3 -m venv $(WHEELVENV)
+	$(INSTALLED) python -m pip --disable-pip-version-check install -q \
+		$(DIST)/*x86_64.whl $$($(REQS) test-numpy)
+	$(INSTALLED) python -m pip --disable-pip-version-check check
+	! $(INSTALLED) sh -c "command -v cargo || command -v rustc"
+	mkdir -p $(SUITE) && cp -r tests $(SUITE)/
+	cd $(SUITE) && ! $(INSTALLED) python -c "import torch" 2>/dev/null
+	cd $(SUITE) && $(INSTALLED) python -c "import mlecore; assert 'site-packages' in \
+		mlecore.__file__, mlecore.__file__; print('testing', mlecore.__file__)"
+	cd $(SUITE) && $(INSTALLED) python -m pytest -q -p no:cacheprovider -m "not torch" tests
+	$(INSTALLED) python -m pip --disable-pip-version-check install -q $$($(REQS) test)
+	$(INSTALLED) python -m pip --disable-pip-version-check check
+	cd $(SUITE) && $(INSTALLED) python -m pytest -q -p no:cacheprovider tests \
+		--doctest-modules --pyargs mlecore
+
+# The sdist builds and installs with pip where Rust is (reusing this checkout's build cache).
+test-sdist: wheel
+	! tar tzf $(DIST)/*.tar.gz | grep -E "/(\.venv[^/]*|target|dist|bench-out)/"
+	rm -rf target/sdist-venv && python3 -m venv target/sdist-venv
+	CARGO_TARGET_DIR=$(abspath target) target/sdist-venv/bin/python -m pip \
+		--disable-pip-version-check install -q $(DIST)/*.tar.gz
+	cd /tmp && $(abspath target/sdist-venv)/bin/python -m mlecore config
+
+# The aarch64 wheel installed and run by Debian's aarch64 Python under qemu-user.
+test-aarch64-wheel: wheel
+	@if command -v qemu-aarch64 >/dev/null; then \
+		tools/aarch64_smoke.sh $(DIST)/*aarch64*.whl "$(PY) -m pip"; \
+	else \
+		echo "NOT RUN: the aarch64 wheel's smoke test needs qemu-aarch64" \
+			"(Debian: qemu-user; .ci/run installs it)"; \
+	fi
 
 # The NEON tier, cross-compiled for aarch64 and run under qemu's user-mode emulation, where
 # the aarch64 linker and qemu are installed (.ci/run installs them from Debian's packages);
 # the target's standard library comes from rustup.
-AARCH64 := aarch64-unknown-linux-gnu
 test-aarch64:
 	@if command -v qemu-aarch64 >/dev/null && command -v aarch64-linux-gnu-gcc >/dev/null; then \
 		set -ex; \
@@ -73,7 +132,7 @@ test-aarch64:
 			"(Debian: qemu-user gcc-aarch64-linux-gnu; .ci/run installs them)"; \
 	fi
 
-test: setup-test lint test-rust test-python test-notorch test-aarch64
+test: setup-test lint test-rust test-python test-aarch64 test-wheel test-sdist test-aarch64-wheel
 
 # The property suite's long profile: thousands of cases per property, new ones each run.
 fuzz: setup-test build
@@ -87,4 +146,4 @@ bench-quick: setup-test build
 	$(PY) -m mlecore bench --quick
 
 clean:
-	rm -rf target $(VENV) $(NOTORCH) bench-out
+	rm -rf target $(VENV) $(WHEELVENV) $(DIST) bench-out

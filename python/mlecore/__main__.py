@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlecore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mlecore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the seed example, then a maximum-likelihood fit")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
