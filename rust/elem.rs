@@ -239,33 +239,18 @@ impl Labels<'_> {
         }
     }
 
-    /// Label `i`, widened. One branch per row: nothing next to a row's arithmetic.
-    #[inline(always)]
-    pub fn get(&self, i: usize) -> i128 {
+    /// `visitor` on the typed slice `range`: a loop over many labels then has no branch on
+    /// their width.
+    pub fn visit<R>(&self, range: std::ops::Range<usize>, visitor: impl LabelVisitor<R>) -> R {
         match self {
-            Labels::I8(y) => y[i] as i128,
-            Labels::I16(y) => y[i] as i128,
-            Labels::I32(y) => y[i] as i128,
-            Labels::I64(y) => y[i] as i128,
-            Labels::U8(y) => y[i] as i128,
-            Labels::U16(y) => y[i] as i128,
-            Labels::U32(y) => y[i] as i128,
-            Labels::U64(y) => y[i] as i128,
-        }
-    }
-
-    /// `check(labels)` on the typed slice `range`: a loop over many labels then has no
-    /// branch on their width.
-    pub fn visit<R>(&self, range: std::ops::Range<usize>, check: impl LabelVisitor<R>) -> R {
-        match self {
-            Labels::I8(y) => check.visit(&y[range]),
-            Labels::I16(y) => check.visit(&y[range]),
-            Labels::I32(y) => check.visit(&y[range]),
-            Labels::I64(y) => check.visit(&y[range]),
-            Labels::U8(y) => check.visit(&y[range]),
-            Labels::U16(y) => check.visit(&y[range]),
-            Labels::U32(y) => check.visit(&y[range]),
-            Labels::U64(y) => check.visit(&y[range]),
+            Labels::I8(y) => visitor.visit(&y[range]),
+            Labels::I16(y) => visitor.visit(&y[range]),
+            Labels::I32(y) => visitor.visit(&y[range]),
+            Labels::I64(y) => visitor.visit(&y[range]),
+            Labels::U8(y) => visitor.visit(&y[range]),
+            Labels::U16(y) => visitor.visit(&y[range]),
+            Labels::U32(y) => visitor.visit(&y[range]),
+            Labels::U64(y) => visitor.visit(&y[range]),
         }
     }
 }
@@ -282,7 +267,12 @@ macro_rules! labels_from {
 labels_from!(i8 => I8, i16 => I16, i32 => I32, i64 => I64, u8 => U8, u16 => U16, u32 => U32,
              u64 => U64);
 
-/// A computation over a typed slice of labels ([`Labels::visit`]).
+/// An integer label type: every width and sign, compared as `i128`.
+pub trait Label: Copy + Into<i128> + Send + Sync + 'static {}
+impl<L: Copy + Into<i128> + Send + Sync + 'static> Label for L {}
+
+/// A computation over a typed slice of labels ([`Labels::visit`]): the kernels dispatch on the
+/// labels' type once per call, then run code compiled for that type.
 pub trait LabelVisitor<R> {
-    fn visit<L: Copy + Into<i128>>(self, labels: &[L]) -> R;
+    fn visit<L: Label>(self, labels: &[L]) -> R;
 }

@@ -9,6 +9,8 @@ use crate::simd::{Ahead, Float, SimdVec};
 /// vector loop has no branch inside.
 pub trait VSource<V: SimdVec>: Copy {
     const ACTIVE: bool;
+    /// The same weights from lane `k` on.
+    fn shifted(self, k: usize) -> Self;
     /// # Safety
     /// Lanes `i..i + LANES` must be in bounds of the source.
     unsafe fn load(&self, i: usize) -> V;
@@ -49,6 +51,10 @@ pub struct SoftClass<F> {
 impl<V: SimdVec> VSource<V> for NoWeights {
     const ACTIVE: bool = false;
     #[inline(always)]
+    fn shifted(self, _k: usize) -> Self {
+        self
+    }
+    #[inline(always)]
     unsafe fn load(&self, _i: usize) -> V {
         V::splat(V::F::ZERO)
     }
@@ -60,6 +66,10 @@ impl<V: SimdVec> VSource<V> for NoWeights {
 
 impl<V: SimdVec> VSource<V> for Ones {
     const ACTIVE: bool = true;
+    #[inline(always)]
+    fn shifted(self, _k: usize) -> Self {
+        self
+    }
     #[inline(always)]
     unsafe fn load(&self, _i: usize) -> V {
         V::splat(V::F::ONE)
@@ -75,6 +85,10 @@ impl<V: SimdVec> VSource<V> for Ones {
 impl<V: SimdVec> VSource<V> for ClassWeights<V::F> {
     const ACTIVE: bool = true;
     #[inline(always)]
+    fn shifted(self, k: usize) -> Self {
+        ClassWeights(self.0.wrapping_add(k))
+    }
+    #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
         // SAFETY: the caller keeps `i..i + LANES` in bounds.
         unsafe { V::load(self.0.add(i)) }
@@ -88,6 +102,13 @@ impl<V: SimdVec> VSource<V> for ClassWeights<V::F> {
 
 impl<V: SimdVec> VSource<V> for Soft<V::F> {
     const ACTIVE: bool = true;
+    #[inline(always)]
+    fn shifted(self, k: usize) -> Self {
+        Soft {
+            t: self.t.wrapping_add(k),
+            ..self
+        }
+    }
     #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
         // SAFETY: the caller keeps `i..i + LANES` in bounds.
@@ -108,6 +129,14 @@ impl<V: SimdVec> VSource<V> for Soft<V::F> {
 
 impl<V: SimdVec> VSource<V> for SoftClass<V::F> {
     const ACTIVE: bool = true;
+    #[inline(always)]
+    fn shifted(self, k: usize) -> Self {
+        SoftClass {
+            t: self.t.wrapping_add(k),
+            w: self.w.wrapping_add(k),
+            ..self
+        }
+    }
     #[inline(always)]
     unsafe fn load(&self, i: usize) -> V {
         // SAFETY: the caller keeps `i..i + LANES` in bounds of both arrays.
@@ -175,22 +204,69 @@ pub unsafe fn stats<V: SimdVec, S: VSource<V>>(
     unsafe {
         if floor > top {
             // Below the floor, no value equals the reference: no comparison in pass 2.
-            sums::<V, S, false>(x, n, v, ahead, floor)
+            spans::<V, S, false>(x, n, v, ahead, floor)
         } else {
-            sums::<V, S, true>(x, n, v, ahead, top)
+            spans::<V, S, true>(x, n, v, ahead, top)
         }
     }
 }
 
-/// Steps of two vectors summed apart before they join the running sums ([`sums`]): about
-/// the square root of a chunk's steps, so that both levels of the sum take as few terms.
-const fn sum_block(lanes: usize) -> usize {
+/// Values per partial sum of pass 2. A sum's rounding error grows with the terms each
+/// accumulator takes, and a chunk gives each up to 1024 on the narrowest float64 vectors:
+/// float64 chunks are summed in spans of about the square root of that many steps, whose
+/// partial sums then add in float64 (logsumexp([0, 70000 × (−30)]) was 18 ulp off on AVX2
+/// and 40 on the scalar tier in one span). float32 results are not held to their last few
+/// bits, and their hot loop stays one span per chunk.
+const fn sum_span(lanes: usize, bytes: usize) -> usize {
     let steps = crate::elem::CHUNK / (2 * lanes);
+    if bytes < 8 {
+        return crate::elem::CHUNK;
+    }
     let mut b = 1;
     while b * b < steps {
         b *= 2;
     }
-    b
+    2 * lanes * b
+}
+
+/// Pass 2 over `x[..n]` in spans of [`sum_span`] values, their statistics added in float64.
+///
+/// # Safety
+/// As [`stats`].
+#[inline(always)]
+unsafe fn spans<V: SimdVec, S: VSource<V>, const COUNT: bool>(
+    x: *const V::F,
+    n: usize,
+    v: S,
+    ahead: Ahead,
+    m: V::F,
+) -> Stats {
+    let span = const { sum_span(V::LANES, size_of::<V::F>()) };
+    let mut s: Option<Stats> = None;
+    let mut start = 0;
+    // One call site, so that the loop is compiled once into the caller.
+    loop {
+        let len = span.min(n - start);
+        // SAFETY: each span lies inside `x[..n]`, and so do the lanes of `v` (shifted with
+        // it).
+        let part = unsafe {
+            sums::<V, S, COUNT>(x.add(start), len, v.shifted(start), ahead.shifted(start), m)
+        };
+        s = Some(match s {
+            None => part,
+            Some(s) => Stats {
+                cnt: s.cnt + part.cnt,
+                rest: s.rest + part.rest,
+                dot: s.dot + part.dot,
+                vsum: s.vsum + part.vsum,
+                ..s
+            },
+        });
+        start += len;
+        if start >= n {
+            return s.unwrap_or(Stats::EMPTY);
+        }
+    }
 }
 
 /// Pass 2 of [`stats`] (from L1): Σ e^(x − m) over x ≠ m, how many x = m (when `COUNT`; else
@@ -209,42 +285,31 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
     let l = V::LANES;
     let ninf = V::F::NEG_INF;
     let shift = V::F::from_f64(Stats::shift_for(m.to_f64()));
-    let pass = Pass {
-        x,
-        v,
-        ahead,
-        m: V::splat(m),
-        shift: V::splat(shift),
-    };
+    let (mv, sv) = (V::splat(m), V::splat(shift));
     let zero = V::splat(V::F::ZERO);
-    let (mut a0, mut a1) = (zero, zero);
-    let mut side = Side {
-        cnt: zero,
-        dot: zero,
-        vsum: zero,
-    };
-    // A sum's rounding error grows with the terms each accumulator takes: blocks of steps are
-    // summed into fresh accumulators, then added to the running ones, so that neither level
-    // takes many terms (many equal terms, as in logsumexp([0, −30, −30, …]), lost up to
-    // 40 ulp in float64 without).
-    let block = const { sum_block(V::LANES) };
+    let (mut a0, mut a1, mut d0, mut s0) = (zero, zero, zero, zero);
+    let mut cnt = zero;
     let mut i = 0;
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
-        while i + 2 * l * block <= n {
-            let (b0, b1) = pass.steps::<COUNT>(i, block, &mut side);
-            a0 = a0.add(b0);
-            a1 = a1.add(b1);
-            i += 2 * l * block;
+        while i + 2 * l <= n {
+            ahead.touch(i);
+            ahead.touch(i + l);
+            let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
+            let (v0, v1) = if S::ACTIVE {
+                (Some(v.load(i)), Some(v.load(i + l)))
+            } else {
+                (None, None)
+            };
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
+            a1 = stats_step::<V, COUNT>(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
+            i += 2 * l;
         }
-        let steps = (n - i) / (2 * l);
-        let (b0, b1) = pass.steps::<COUNT>(i, steps, &mut side);
-        a0 = a0.add(b0);
-        a1 = a1.add(b1);
-        i += 2 * l * steps;
-        if i + l <= n {
+        while i + l <= n {
+            ahead.touch(i);
+            let x0 = V::load(x.add(i));
             let v0 = if S::ACTIVE { Some(v.load(i)) } else { None };
-            a0 = stats_step::<V, COUNT>(a0, &mut side, V::load(x.add(i)), v0, pass.m, pass.shift);
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
             i += l;
         }
         if i < n {
@@ -255,10 +320,10 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
             } else {
                 None
             };
-            a0 = stats_step::<V, COUNT>(a0, &mut side, x0, v0, pass.m, pass.shift);
+            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
         }
     }
-    let mut count = if COUNT { side.cnt.reduce_sum() } else { 0.0 };
+    let mut count = if COUNT { cnt.reduce_sum() } else { 0.0 };
     if COUNT && m == ninf {
         // The −inf fill lanes of the tail equal the maximum here: they are not values.
         count -= (n.next_multiple_of(l) - n) as f64;
@@ -268,77 +333,20 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
         cnt: count,
         rest: a0.add(a1).reduce_sum(),
         shift: shift.to_f64(),
-        dot: if S::ACTIVE {
-            side.dot.reduce_sum()
-        } else {
-            0.0
-        },
-        vsum: if S::ACTIVE {
-            side.vsum.reduce_sum()
-        } else {
-            0.0
-        },
-    }
-}
-
-/// What pass 2 reads: the values, their weights, where to prefetch, and the reference.
-struct Pass<V: SimdVec, S> {
-    x: *const V::F,
-    v: S,
-    ahead: Ahead,
-    m: V,
-    shift: V,
-}
-
-/// Pass 2's accumulators besides the sum of exponentials: the count of maxima and the
-/// weighted sums.
-struct Side<V> {
-    cnt: V,
-    dot: V,
-    vsum: V,
-}
-
-impl<V: SimdVec, S: VSource<V>> Pass<V, S> {
-    /// `steps` steps of two vectors from `i` on, summed into fresh accumulators.
-    ///
-    /// # Safety
-    /// The values `i..i + 2·LANES·steps` are in bounds of `x` and `v`.
-    #[inline(always)]
-    unsafe fn steps<const COUNT: bool>(
-        &self,
-        i: usize,
-        steps: usize,
-        side: &mut Side<V>,
-    ) -> (V, V) {
-        let l = V::LANES;
-        let zero = V::splat(V::F::ZERO);
-        let (mut b0, mut b1) = (zero, zero);
-        for k in 0..steps {
-            let j = i + 2 * l * k;
-            self.ahead.touch(j);
-            self.ahead.touch(j + l);
-            // SAFETY: in bounds (the caller's contract).
-            let (x0, x1, v0, v1) = unsafe {
-                let (x0, x1) = (V::load(self.x.add(j)), V::load(self.x.add(j + l)));
-                if S::ACTIVE {
-                    (x0, x1, Some(self.v.load(j)), Some(self.v.load(j + l)))
-                } else {
-                    (x0, x1, None, None)
-                }
-            };
-            b0 = stats_step::<V, COUNT>(b0, side, x0, v0, self.m, self.shift);
-            b1 = stats_step::<V, COUNT>(b1, side, x1, v1, self.m, self.shift);
-        }
-        (b0, b1)
+        dot: if S::ACTIVE { d0.reduce_sum() } else { 0.0 },
+        vsum: if S::ACTIVE { s0.reduce_sum() } else { 0.0 },
     }
 }
 
 /// One vector of the statistics pass. A function, not a closure, so that it is certain to be
 /// inlined into the `#[target_feature]` caller.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn stats_step<V: SimdVec, const COUNT: bool>(
     acc: V,
-    side: &mut Side<V>,
+    cnt: &mut V,
+    d: &mut V,
+    s: &mut V,
     xv: V,
     vv: Option<V>,
     mv: V,
@@ -346,12 +354,12 @@ fn stats_step<V: SimdVec, const COUNT: bool>(
 ) -> V {
     let e = xv.sub(mv).exp();
     if let Some(vv) = vv {
-        side.dot = side.dot.add(V::mul_nonzero(vv, xv.sub(sv)));
-        side.vsum = side.vsum.add(vv);
+        *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
+        *s = s.add(vv);
     }
     if COUNT {
-        let (acc, c) = acc.add_split(side.cnt, e, xv, mv);
-        side.cnt = c;
+        let (acc, c) = acc.add_split(*cnt, e, xv, mv);
+        *cnt = c;
         acc
     } else {
         acc.add(e)

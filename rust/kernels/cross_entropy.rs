@@ -9,7 +9,7 @@
 use super::chunk::ScaledSoftmax;
 use super::rows::{drive, fill, write_exp, RowOp, RowWeights, Scratch};
 use super::stats::{self, Stats};
-use crate::elem::{Elem, LabelVisitor, Labels};
+use crate::elem::{Elem, Label, LabelVisitor, Labels};
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, SendPtr, Shared};
 use crate::simd::{Float, SimdVec};
@@ -124,7 +124,7 @@ struct LabelCheck<'a, F> {
 }
 
 impl<F: Float> LabelVisitor<Result<f64, KernelError>> for LabelCheck<'_, F> {
-    fn visit<L: Copy + Into<i128>>(self, labels: &[L]) -> Result<f64, KernelError> {
+    fn visit<L: Label>(self, labels: &[L]) -> Result<f64, KernelError> {
         // Without weights the denominator is a count: no chain of float additions.
         let (mut count, mut wsum) = (0usize, [0.0; 4]);
         for (i, &y) in labels.iter().enumerate() {
@@ -193,40 +193,60 @@ enum Outputs<'a, T: Elem> {
     Grad(GradOut<'a, T>),
 }
 
-struct Ce<'a, T: Elem, const STATS: bool> {
+/// The target as the kernel reads it, its labels of one type `L`.
+enum Typed<'a, T, L> {
+    Index(&'a [L]),
+    Probs(&'a [T]),
+}
+
+impl<T, L> Clone for Typed<'_, T, L> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T, L> Copy for Typed<'_, T, L> {}
+
+struct Ce<'a, T: Elem, L, const STATS: bool> {
     x: *const T,
     cols: usize,
-    target: Target<'a, T>,
+    target: Typed<'a, T, L>,
     weight: Option<&'a [T::F]>,
-    /// Σ w (C without weights): the smoothing part of A.
-    wsum: f64,
     ignore: i128,
     eps: f64,
+    /// ε/C: the weight label smoothing puts on every class (worked out once: a division per
+    /// row was measurable on rows of few classes).
+    smoothing: f64,
+    /// (ε/C)·Σ w: the smoothing part of A.
+    smoothing_total: f64,
     out: Outputs<'a, T>,
 }
 
 // SAFETY: `x` and the targets are only read; outputs are written at disjoint rows or
 // segments (the `RowOp` contract), through `Shared`/`SendPtr`.
-unsafe impl<T: Elem, const S: bool> Sync for Ce<'_, T, S> {}
+unsafe impl<T: Elem, L: Label, const S: bool> Sync for Ce<'_, T, L, S> {}
 
-impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
+impl<'a, T: Elem, L: Label, const STATS: bool> Ce<'a, T, L, STATS> {
     fn new(
         x: *const T,
         cols: usize,
-        target: Target<'a, T>,
+        target: Typed<'a, T, L>,
         opts: &CeOptions<'a, T::F>,
         out: Outputs<'a, T>,
     ) -> Self {
+        let eps = opts.label_smoothing;
+        let smoothing = if cols == 0 { 0.0 } else { eps / cols as f64 };
+        let wsum = opts
+            .weight
+            .map_or(cols as f64, |w| w.iter().map(|v| v.to_f64()).sum());
         Ce {
             x,
             cols,
             target,
             weight: opts.weight,
-            wsum: opts
-                .weight
-                .map_or(cols as f64, |w| w.iter().map(|v| v.to_f64()).sum()),
             ignore: opts.ignore_index as i128,
-            eps: opts.label_smoothing,
+            eps,
+            smoothing,
+            smoothing_total: smoothing * wsum,
             out,
         }
     }
@@ -234,11 +254,11 @@ impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
     /// The class of row `r`, `None` when it is ignored (labels were checked already).
     fn class(&self, r: usize) -> Option<usize> {
         match self.target {
-            Target::Index(y) => {
-                let v = y.get(r);
+            Typed::Index(y) => {
+                let v: i128 = y[r].into();
                 (v != self.ignore).then_some(v as usize)
             }
-            Target::Probs(_) => None,
+            Typed::Probs(_) => None,
         }
     }
 
@@ -246,14 +266,10 @@ impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
         self.weight.map_or(1.0, |w| w[c].to_f64())
     }
 
-    /// ε/C: the weight label smoothing puts on every class.
-    fn smoothing(&self) -> f64 {
-        self.eps / self.cols as f64
-    }
-
     /// A = Σ v of a row whose class is `y`: (1 − ε)·w_y + (ε/C)·Σ w.
+    #[inline(always)]
     fn total_weight(&self, y: usize) -> f64 {
-        (1.0 - self.eps) * self.class_weight(y) + self.smoothing() * self.wsum
+        (1.0 - self.eps) * self.class_weight(y) + self.smoothing_total
     }
 
     fn grad(&self) -> Option<GradOut<'a, T>> {
@@ -264,7 +280,7 @@ impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
     }
 }
 
-impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
+impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
     const WRITES: bool = true;
     const STATS: bool = STATS;
 
@@ -274,13 +290,13 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
 
     fn weights(&self, r: usize) -> RowWeights<'_, T> {
         match self.target {
-            Target::Index(_) if self.eps == 0.0 => RowWeights::None,
-            Target::Index(_) => self.weight.map_or(RowWeights::Ones, RowWeights::Class),
-            Target::Probs(t) => {
+            Typed::Index(_) if self.eps == 0.0 => RowWeights::None,
+            Typed::Index(_) => self.weight.map_or(RowWeights::Ones, RowWeights::Class),
+            Typed::Probs(t) => {
                 let t = t.as_ptr().wrapping_add(r * self.cols);
                 let (a, b) = (
                     T::F::from_f64(1.0 - self.eps),
-                    T::F::from_f64(self.smoothing()),
+                    T::F::from_f64(self.smoothing),
                 );
                 match self.weight {
                     Some(w) => RowWeights::SoftClass { t, w, a, b },
@@ -291,7 +307,7 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
     }
 
     fn plain(&self) -> bool {
-        matches!(self.target, Target::Index(_)) && self.eps == 0.0
+        matches!(self.target, Typed::Index(_)) && self.eps == 0.0
     }
 
     #[inline(always)]
@@ -301,25 +317,34 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
         };
         // SAFETY: each row is finished exactly once.
         unsafe { lse.set(r, T::F::from_f64(s.m + excess)) };
-        let poisoned = poisoned(s.m, excess);
         let value = match self.target {
-            Target::Probs(_) if poisoned => f64::NAN,
-            Target::Probs(_) => s.weighted_nll(excess),
-            Target::Index(_) => match self.class(r) {
+            Typed::Probs(_) => s.weighted_nll(excess),
+            Typed::Index(_) => match self.class(r) {
                 None => 0.0,
-                Some(_) if poisoned => f64::NAN,
-                Some(y) if self.total_weight(y) == 0.0 => 0.0,
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
                     let xy = unsafe { *self.row(r).add(y) }.to_f64();
                     let nll = (1.0 - self.eps) * self.class_weight(y) * ((s.m - xy) + excess);
-                    if self.eps > 0.0 {
-                        nll + self.smoothing() * s.weighted_nll(excess)
+                    let value = if self.eps > 0.0 {
+                        nll + self.smoothing * s.weighted_nll(excess)
                     } else {
                         nll
+                    };
+                    // Rows of total weight 0 contribute nothing, also when all −inf (0·NaN);
+                    // tested only off the common path, where the value is not finite.
+                    if !value.is_finite() && !poisoned(s.m, excess) && self.total_weight(y) == 0.0 {
+                        0.0
+                    } else {
+                        value
                     }
                 }
             },
+        };
+        // A row holding +inf or NaN is NaN (its value can come out ±inf otherwise).
+        let value = if !value.is_finite() && poisoned(s.m, excess) {
+            f64::NAN
+        } else {
+            value
         };
         // SAFETY: each row is finished exactly once.
         unsafe { loss.set(r, value) };
@@ -343,41 +368,46 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
             Some(lse) => (lse[r].to_f64(), 0.0),
             None => (s.m, excess),
         };
-        let ignored = matches!(self.target, Target::Index(_)) && self.class(r).is_none();
+        let class = self.class(r);
+        let ignored = class.is_none() && matches!(self.target, Typed::Index(_));
         if ignored || poisoned(m, excess) {
             let value = if ignored { 0.0 } else { f64::NAN };
             // SAFETY: the row holds `cols` values; this task owns `range` of it.
             unsafe { fill(g, range, value) };
             return;
         }
-        // The gradient is scale·(A·softmax(x) − v). A row of total weight A = 0 contributes
-        // nothing: its softmax term is 0, also where the softmax is undefined (all −inf), so
-        // the reference moves to +inf, where every e^(x − m) is 0.
-        let gradient = |a: f64, v_scale: f64| ScaledSoftmax {
-            m: T::F::from_f64(if a == 0.0 { f64::INFINITY } else { m }),
-            excess: T::F::from_f64(if a == 0.0 { 0.0 } else { excess }),
+        // The gradient is scale·(A·softmax(x) − v), with A = Σ v: for a class index y,
+        // v = (1 − ε)·w_y·onehot(y) + (ε/C)·w; for probabilities, v = w·((1 − ε)·t + ε/C).
+        let (a, v_scale, hot) = match class {
+            Some(y) => {
+                let wy = (1.0 - self.eps) * self.class_weight(y);
+                (
+                    wy + self.smoothing_total,
+                    scale * self.smoothing,
+                    Some((y, scale * wy)),
+                )
+            }
+            None => (s.vsum, scale, None),
+        };
+        // A row of total weight A = 0 contributes nothing: its softmax term is 0, also where
+        // the softmax is undefined (all −inf), so the reference moves to +inf, where every
+        // e^(x − m) is 0.
+        let zero = a == 0.0;
+        let f = ScaledSoftmax {
+            m: T::F::from_f64(if zero { f64::INFINITY } else { m }),
+            excess: T::F::from_f64(if zero { 0.0 } else { excess }),
             p_scale: T::F::from_f64(scale * a),
             v_scale: T::F::from_f64(v_scale),
         };
-        match (self.target, self.class(r)) {
-            (Target::Probs(_), _) => {
-                let f = gradient(s.vsum, scale);
-                // SAFETY: as above.
-                unsafe { write_exp::<T, V>(x, g, range, f, self.weights(r), scratch) };
-            }
-            (Target::Index(_), Some(y)) => {
-                let f = gradient(self.total_weight(y), scale * self.smoothing());
-                // SAFETY: as above; `y` is inside the row.
-                unsafe {
-                    write_exp::<T, V>(x, g, range.clone(), f, self.weights(r), scratch);
-                    if range.contains(&y) {
-                        let gy = g.add(y);
-                        let hot = scale * (1.0 - self.eps) * self.class_weight(y);
-                        *gy = T::from_f64((*gy).to_f64() - hot);
-                    }
+        // SAFETY: as above; a class `y` is inside the row.
+        unsafe {
+            write_exp::<T, V>(x, g, range.clone(), f, self.weights(r), scratch);
+            if let Some((y, hot)) = hot {
+                if range.contains(&y) {
+                    let gy = g.add(y);
+                    *gy = T::from_f64((*gy).to_f64() - hot);
                 }
             }
-            (Target::Index(_), None) => unreachable!("ignored rows are filled above"),
         }
     }
 }
@@ -424,6 +454,48 @@ fn check<T: Elem>(
     Ok(Checked { rows, denom })
 }
 
+/// Runs the kernel over `rows` rows, compiled for the labels' type (one dispatch per call: a
+/// branch on the label width per row cost a fifth of the time on rows of few classes).
+fn run<'a, T: Elem, const STATS: bool>(
+    x: *const T,
+    cols: usize,
+    target: Target<'a, T>,
+    opts: &CeOptions<'a, T::F>,
+    out: Outputs<'a, T>,
+    rows: usize,
+) {
+    struct Run<'a, 'o, T: Elem, const STATS: bool> {
+        x: *const T,
+        cols: usize,
+        opts: &'o CeOptions<'a, T::F>,
+        out: Outputs<'a, T>,
+        rows: usize,
+        probs: Option<&'a [T]>,
+    }
+    impl<'a, T: Elem, const STATS: bool> LabelVisitor<()> for Run<'a, '_, T, STATS> {
+        fn visit<L: Label>(self, labels: &[L]) {
+            let target = match self.probs {
+                Some(t) => Typed::Probs(t),
+                None => Typed::Index(labels),
+            };
+            let ce = Ce::<T, L, STATS>::new(self.x, self.cols, target, self.opts, self.out);
+            drive(&ce, self.rows, self.cols);
+        }
+    }
+    let run = |probs| Run::<T, STATS> {
+        x,
+        cols,
+        opts,
+        out,
+        rows,
+        probs,
+    };
+    match target {
+        Target::Index(labels) => labels.visit(0..labels.len(), run(None)),
+        Target::Probs(t) => run(Some(t)).visit::<u8>(&[]),
+    }
+}
+
 fn summary(loss: &[f64], denom: f64) -> CeSummary {
     CeSummary {
         total: stats::sum(loss),
@@ -448,11 +520,7 @@ pub fn cross_entropy<T: Elem>(
         lse: Shared::new(lse),
         grad: None,
     };
-    drive(
-        &Ce::<T, true>::new(x.as_ptr(), cols, target, opts, out),
-        c.rows,
-        cols,
-    );
+    run::<T, true>(x.as_ptr(), cols, target, opts, out, c.rows);
     Ok(summary(loss, c.denom))
 }
 
@@ -489,11 +557,7 @@ pub fn cross_entropy_with_grad<T: Elem>(
             saved_lse: None,
         }),
     };
-    drive(
-        &Ce::<T, true>::new(x, cols, target, opts, out),
-        c.rows,
-        cols,
-    );
+    run::<T, true>(x, cols, target, opts, out, c.rows);
     Ok(summary(loss, c.denom))
 }
 
@@ -521,11 +585,7 @@ pub fn cross_entropy_backward<T: Elem>(
                 scale,
                 saved_lse: Some(lse),
             });
-            drive(
-                &Ce::<T, false>::new(x.as_ptr(), cols, target, opts, out),
-                c.rows,
-                cols,
-            );
+            run::<T, false>(x.as_ptr(), cols, target, opts, out, c.rows);
         }
         Target::Probs(_) => {
             // A = Σ v needs the targets' pass anyway, so the statistics are recomputed.
@@ -534,11 +594,7 @@ pub fn cross_entropy_backward<T: Elem>(
                 scale,
                 saved_lse: None,
             });
-            drive(
-                &Ce::<T, true>::new(x.as_ptr(), cols, target, opts, out),
-                c.rows,
-                cols,
-            );
+            run::<T, true>(x.as_ptr(), cols, target, opts, out, c.rows);
         }
     }
     Ok(())

@@ -260,13 +260,7 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
     fn run<V: SimdVec<F = T::F>>(self) {
         let mut scratch = Scratch::<T::F>::new();
         let (op, cols, nseg) = (self.op, self.cols, self.nseg);
-        let mut units = self.units.clone();
-        if matches!(self.phase, Phase::Rows) && few_classes::<T, O>(op, cols) {
-            // SAFETY: whole vectors of rows, each `cols` values (checked by the entry points).
-            units.start =
-                unsafe { rows_as_lanes::<T, O, V>(op, cols, units.clone(), &mut scratch) };
-        }
-        for u in units {
+        for u in self.units.clone() {
             let (r, seg) = (u / nseg, u % nseg);
             let range = seg_range(cols, nseg, seg);
             // SAFETY: rows hold `cols` values and targets/weights match (checked by the
@@ -301,6 +295,27 @@ impl<T: Elem, O: RowOp<T>> Kernel for Pass<'_, T, O> {
                 }
             }
         }
+    }
+}
+
+/// Rows of few classes, a vector of rows at a time ([`rows_as_lanes`]); the rows left over
+/// (fewer than a vector) go through [`Pass`]. A kernel of its own: compiled into the same
+/// function as the long-row loops, its loop ran a fifth slower.
+struct Lanes<'a, T: Elem, O: RowOp<T>> {
+    op: &'a O,
+    cols: usize,
+    units: Range<usize>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Elem, O: RowOp<T>> Kernel for Lanes<'_, T, O> {
+    type F = T::F;
+    type Out = usize;
+    #[inline(always)]
+    fn run<V: SimdVec<F = T::F>>(self) -> usize {
+        let mut scratch = Scratch::<T::F>::new();
+        // SAFETY: rows hold `cols` values (checked by the entry points).
+        unsafe { rows_as_lanes::<T, O, V>(self.op, self.cols, self.units, &mut scratch) }
     }
 }
 
@@ -372,6 +387,30 @@ pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
             )
         })
     };
+    if nseg == 1 && few_classes::<T, O>(op, cols) {
+        for_blocks(rows, cols, |units| {
+            let end = units.end;
+            let lanes = Lanes {
+                op,
+                cols,
+                units,
+                _t: PhantomData::<T>,
+            };
+            let start = T::F::dispatch(tier, lanes);
+            if start < end {
+                let rest = Pass {
+                    op,
+                    cols,
+                    nseg,
+                    units: start..end,
+                    phase: &Phase::Rows,
+                    _t: PhantomData::<T>,
+                };
+                T::F::dispatch(tier, rest)
+            }
+        });
+        return;
+    }
     if nseg == 1 {
         run(&Phase::Rows, rows, cols.max(1));
         return;

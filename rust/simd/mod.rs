@@ -40,6 +40,15 @@ impl<const L2: bool> Ahead<L2> {
         }
     }
 
+    /// The same stream from element `k` on.
+    #[inline(always)]
+    pub fn shifted(self, k: usize) -> Self {
+        Ahead {
+            base: self.base.wrapping_add(k * self.elem),
+            elem: self.elem,
+        }
+    }
+
     /// Requests the cache line holding element `i`. Loops call it once per vector (one
     /// line of float32 AVX-512 values): no inner loop, so the vector loop stays unrolled.
     #[inline(always)]
