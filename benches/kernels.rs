@@ -6,7 +6,7 @@
 
 use mlecore::{
     cross_entropy, cross_entropy_with_grad, logsumexp_axis, logsumexp_rows, set_tier, CeOptions,
-    GradIo, Labels, Reduction, Target, Tier,
+    GradIo, GradScale, Labels, RowResults, Target, Tier,
 };
 use rayon::prelude::*;
 use std::time::Instant;
@@ -115,7 +115,7 @@ fn main() {
             let opts = CeOptions::default();
             let ms = median_ms(reps, || {
                 let t = Target::<f32>::Index(Labels::I64(&labels));
-                cross_entropy(&x, cols, t, &opts, &mut loss, &mut lse).unwrap();
+                cross_entropy(&x, cols, t, &opts, RowResults::new(&mut loss, &mut lse)).unwrap();
             });
             report(&format!("{tier:?} cross_entropy"), bytes, ms, Some(ceiling));
             let mut grad = vec![0f32; x.len()];
@@ -125,8 +125,15 @@ fn main() {
                     grad: &mut grad,
                 };
                 let t = Target::<f32>::Index(Labels::I64(&labels));
-                cross_entropy_with_grad(io, cols, t, &opts, Reduction::Mean, &mut loss, &mut lse)
-                    .unwrap();
+                cross_entropy_with_grad(
+                    io,
+                    cols,
+                    t,
+                    &opts,
+                    GradScale::Mean,
+                    RowResults::new(&mut loss, &mut lse),
+                )
+                .unwrap();
             });
             report(
                 &format!("{tier:?} cross_entropy_with_grad (r+w)"),

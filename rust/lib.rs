@@ -22,7 +22,7 @@ pub use error::KernelError;
 pub use kernels::columns::logsumexp_axis;
 pub use kernels::cross_entropy::{
     check_class_indices, cross_entropy, cross_entropy_backward, cross_entropy_with_grad, CeOptions,
-    CeSummary, GradIo, Reduction, Scale, Target,
+    CeSummary, GradIo, GradScale, RowResults, Scale, Target,
 };
 /// The inner loops alone, for `benches/inner.rs`; not part of the API.
 #[doc(hidden)]

@@ -10,14 +10,16 @@
 use crate::elem::{Elem, Labels};
 use crate::error::KernelError;
 use crate::kernels::columns;
-use crate::kernels::cross_entropy::{self as ce, CeOptions, GradIo, Reduction, Scale, Target};
+use crate::kernels::cross_entropy::{
+    self as ce, CeOptions, GradIo, GradScale, RowResults, Scale, Target,
+};
 use crate::kernels::softmax;
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 use numpy::ndarray::Dimension;
 use numpy::{
     Element, Ix1, Ix2, Ix3, PyArray, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
-    PyReadwriteArray, PyUntypedArray, PyUntypedArrayMethods,
+    PyReadwriteArray, PyReadwriteArray1, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -283,6 +285,7 @@ struct CeArgs<'py> {
     weight: Option<Bound<'py, PyAny>>,
     ignore_index: i64,
     label_smoothing: f64,
+    lse_square_scale: f64,
 }
 
 /// The arrays of a [`CeArgs`] for storage type `T`, borrowed for reading.
@@ -326,6 +329,40 @@ impl<'py, T: NpElem> CeBorrow<'py, T> {
                 .transpose()?,
             ignore_index: args.ignore_index,
             label_smoothing: args.label_smoothing,
+            lse_square_scale: args.lse_square_scale,
+        })
+    }
+}
+
+/// The per-row outputs of a pass, borrowed for writing: losses (float64), log-sum-exps (of
+/// the compute dtype) and, optionally, whether each row's class holds its maximum (uint8).
+struct RowOut<'py, F: Element> {
+    loss: PyReadwriteArray1<'py, f64>,
+    lse: PyReadwriteArray1<'py, F>,
+    hits: Option<PyReadwriteArray1<'py, u8>>,
+}
+
+impl<'py, F: Element> RowOut<'py, F> {
+    fn new(
+        loss: &Bound<'py, PyAny>,
+        lse: &Bound<'py, PyAny>,
+        hits: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(RowOut {
+            loss: output::<f64, Ix1>(loss, "loss")?,
+            lse: output::<F, Ix1>(lse, "lse")?,
+            hits: hits.map(|h| output::<u8, Ix1>(h, "hits")).transpose()?,
+        })
+    }
+
+    fn results(&mut self) -> PyResult<RowResults<'_, F>> {
+        Ok(RowResults {
+            loss: slice_mut(&mut self.loss, "loss")?,
+            lse: slice_mut(&mut self.lse, "lse")?,
+            hits: match &mut self.hits {
+                Some(h) => Some(slice_mut(h, "hits")?),
+                None => None,
+            },
         })
     }
 }
@@ -333,45 +370,50 @@ impl<'py, T: NpElem> CeBorrow<'py, T> {
 fn ce_forward<T: NpElem>(
     x: &Bound<PyArray<T::Np, Ix2>>,
     args: &CeArgs,
-    loss: &Bound<PyAny>,
-    lse: &Bound<PyAny>,
+    mut out: RowOut<T::F>,
 ) -> PyResult<(f64, f64)> {
     let xr = input(x)?;
     let cols = xr.shape()[1];
     let xs = T::cast(slice(&xr, "input")?);
     let b = CeBorrow::<T>::new(args)?;
     let (target, opts) = (b.target(args)?, b.options(args)?);
-    let mut loss = output::<f64, Ix1>(loss, "loss")?;
-    let mut lse = output::<T::F, Ix1>(lse, "lse")?;
-    let (ls, es) = (slice_mut(&mut loss, "loss")?, slice_mut(&mut lse, "lse")?);
+    let results = out.results()?;
     run(x.py(), || {
-        ce::cross_entropy(xs, cols, target, &opts, ls, es).map(|s| (s.total, s.denom))
+        ce::cross_entropy(xs, cols, target, &opts, results).map(|s| (s.total, s.denom))
     })
 }
 
 /// Cross-entropy forward over rows of `problem` (an object with attributes `x`, `target`,
-/// `weight`, `ignore_index`, `label_smoothing`): per-row losses into `loss` (float64),
-/// log-sum-exps into `lse`; returns (Σ loss, mean denominator).
+/// `weight`, `ignore_index`, `label_smoothing`, `lse_square_scale`): per-row losses into
+/// `loss` (float64), log-sum-exps into `lse`, and whether each row's class holds the row's
+/// maximum into `hits` (uint8) when given; returns (Σ loss, mean denominator).
 #[pyfunction]
+#[pyo3(signature = (problem, loss, lse, hits=None))]
 fn cross_entropy_rows(
     problem: CeArgs,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
+    hits: Option<Bound<PyAny>>,
 ) -> PyResult<(f64, f64)> {
+    let h = hits.as_ref();
     match &problem.x {
-        Floats::F32(x) => ce_forward::<f32>(x, &problem, loss, lse),
-        Floats::F64(x) => ce_forward::<f64>(x, &problem, loss, lse),
-        Floats::F16(x) => ce_forward::<f16>(x, &problem, loss, lse),
-        Floats::Bf16(x) => ce_forward::<bf16>(x, &problem, loss, lse),
+        Floats::F32(x) => ce_forward::<f32>(x, &problem, RowOut::new(loss, lse, h)?),
+        Floats::F64(x) => ce_forward::<f64>(x, &problem, RowOut::new(loss, lse, h)?),
+        Floats::F16(x) => ce_forward::<f16>(x, &problem, RowOut::new(loss, lse, h)?),
+        Floats::Bf16(x) => ce_forward::<bf16>(x, &problem, RowOut::new(loss, lse, h)?),
     }
 }
 
-fn parse_reduction(s: &str) -> PyResult<Reduction> {
-    match s {
-        "none" => Ok(Reduction::None),
-        "mean" => Ok(Reduction::Mean),
-        "sum" => Ok(Reduction::Sum),
-        _ => Err(PyValueError::new_err(format!(
+/// The fused pass's gradient factor: "mean", "sum" or "none" (torch's reductions; "none"
+/// takes the gradient of the sum), or a number (rows in chunks: 1 / the whole denominator).
+fn parse_scale(scale: &Bound<PyAny>) -> PyResult<GradScale> {
+    if let Ok(f) = scale.extract::<f64>() {
+        return Ok(GradScale::Factor(f));
+    }
+    match scale.extract::<String>()?.as_str() {
+        "mean" => Ok(GradScale::Mean),
+        "none" | "sum" => Ok(GradScale::Factor(1.0)),
+        s => Err(PyValueError::new_err(format!(
             "reduction must be 'none', 'mean' or 'sum', got {s:?}"
         ))),
     }
@@ -380,21 +422,18 @@ fn parse_reduction(s: &str) -> PyResult<Reduction> {
 fn ce_fused<T: NpElem>(
     x: &Bound<PyArray<T::Np, Ix2>>,
     args: &CeArgs,
-    reduction: Reduction,
+    scale: GradScale,
     grad: Option<&Bound<PyAny>>,
-    loss: &Bound<PyAny>,
-    lse: &Bound<PyAny>,
+    mut out: RowOut<T::F>,
 ) -> PyResult<(f64, f64)> {
     let py = x.py();
     let b = CeBorrow::<T>::new(args)?;
     let (target, opts) = (b.target(args)?, b.options(args)?);
-    let mut loss = output::<f64, Ix1>(loss, "loss")?;
-    let mut lse = output::<T::F, Ix1>(lse, "lse")?;
-    let (ls, es) = (slice_mut(&mut loss, "loss")?, slice_mut(&mut lse, "lse")?);
+    let results = out.results()?;
     let cols = x.shape()[1];
-    let mut fused = |io: GradIo<'_, T>| {
+    let fused = |io: GradIo<'_, T>| {
         run(py, || {
-            ce::cross_entropy_with_grad(io, cols, target, &opts, reduction, ls, es)
+            ce::cross_entropy_with_grad(io, cols, target, &opts, scale, results)
                 .map(|s| (s.total, s.denom))
         })
     };
@@ -418,28 +457,31 @@ fn ce_fused<T: NpElem>(
     }
 }
 
-/// Fused cross-entropy forward and gradient over the rows of `problem`. `grad=None` writes
-/// the gradient over `problem.x` itself. Returns (Σ loss, mean denominator).
+/// Fused cross-entropy forward and gradient over the rows of `problem`, the gradient scaled
+/// by `scale` ("mean", "sum", "none", or a number). `grad=None` writes the gradient over
+/// `problem.x` itself. Returns (Σ loss, mean denominator).
 #[pyfunction]
+#[pyo3(signature = (problem, scale, grad, loss, lse, hits=None))]
 fn cross_entropy_grad_rows(
     problem: CeArgs,
-    reduction: &str,
+    scale: &Bound<PyAny>,
     grad: Option<Bound<PyAny>>,
     loss: &Bound<PyAny>,
     lse: &Bound<PyAny>,
+    hits: Option<Bound<PyAny>>,
 ) -> PyResult<(f64, f64)> {
-    let r = parse_reduction(reduction)?;
-    let g = grad.as_ref();
+    let s = parse_scale(scale)?;
+    let (g, h) = (grad.as_ref(), hits.as_ref());
     match &problem.x {
-        Floats::F32(x) => ce_fused::<f32>(x, &problem, r, g, loss, lse),
-        Floats::F64(x) => ce_fused::<f64>(x, &problem, r, g, loss, lse),
-        Floats::F16(x) => ce_fused::<f16>(x, &problem, r, g, loss, lse),
-        Floats::Bf16(x) => ce_fused::<bf16>(x, &problem, r, g, loss, lse),
+        Floats::F32(x) => ce_fused::<f32>(x, &problem, s, g, RowOut::new(loss, lse, h)?),
+        Floats::F64(x) => ce_fused::<f64>(x, &problem, s, g, RowOut::new(loss, lse, h)?),
+        Floats::F16(x) => ce_fused::<f16>(x, &problem, s, g, RowOut::new(loss, lse, h)?),
+        Floats::Bf16(x) => ce_fused::<bf16>(x, &problem, s, g, RowOut::new(loss, lse, h)?),
     }
 }
 
 /// How the backward pass scales each row's gradient: one factor, or one per row.
-struct GradScale<'py> {
+struct RowScale<'py> {
     uniform: f64,
     rows: Option<PyReadonlyArray1<'py, f64>>,
 }
@@ -448,7 +490,7 @@ fn ce_backward<T: NpElem>(
     x: &Bound<PyArray<T::Np, Ix2>>,
     args: &CeArgs,
     lse: &Bound<PyAny>,
-    scale: &GradScale,
+    scale: &RowScale,
     grad: &Bound<PyAny>,
 ) -> PyResult<()> {
     let xr = input(x)?;
@@ -483,7 +525,7 @@ fn cross_entropy_backward_rows(
     scale_rows: Option<PyReadonlyArray1<f64>>,
     grad: &Bound<PyAny>,
 ) -> PyResult<()> {
-    let s = GradScale {
+    let s = RowScale {
         uniform: scale,
         rows: scale_rows,
     };

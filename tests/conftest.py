@@ -53,27 +53,38 @@ def _class_last(a, ndim):
 
 
 def numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
-             label_smoothing=0.0):
+             label_smoothing=0.0, softcap=None, lse_square_scale=0.0):
     """torch's cross_entropy semantics written out in float64 numpy: per element,
     Σ_c v_c·(lse − x_c) with v = (1 − ε)·w_y·onehot(y) + (ε/C)·w for class indices and
     v = w·((1 − ε)·t + ε/C) for probabilities; the weighted mean divides by Σ w_y (indices)
-    or the element count (probabilities)."""
-    return _numpy_ce(x, target, weight, ignore_index, reduction, label_smoothing)[0]
+    or the element count (probabilities). With `softcap` c the logits are c·tanh(x/c) first;
+    with `lse_square_scale` s each counted element adds s·lse²."""
+    return _numpy_ce(x, target, weight, ignore_index, reduction, label_smoothing, softcap,
+                     lse_square_scale)[0]
 
 
 def numpy_ce_grad(x, target, **kw):
-    """The loss and d(loss.sum())/dx: per element, scale·(A·softmax(x) − v), A = Σ v."""
+    """The loss and d(loss.sum())/dx: per element, scale·(A·softmax(x) − v), A = Σ v (plus
+    2·s·lse for the z-loss), times 1 − (s/c)² through a soft-cap."""
     return _numpy_ce(np.asarray(x), target, **kw)[:2]
 
 
+def numpy_ce_stats(x, target, **kw):
+    """(loss, z_loss, lse per element, accuracy) of `numpy_ce`, as `return_stats` gives."""
+    return _numpy_ce(np.asarray(x), target, **kw)[2]
+
+
 def _numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
-              label_smoothing=0.0):
+              label_smoothing=0.0, softcap=None, lse_square_scale=0.0):
     x = np.asarray(x, dtype=np.float64)
+    raw = x
+    if softcap is not None:
+        x = softcap * np.tanh(x / softcap)
     t = np.asarray(target)
     nd = x.ndim
     xr = _class_last(x, nd)
     c = xr.shape[-1]
-    eps = label_smoothing
+    eps, z = label_smoothing, lse_square_scale
     # lse − x = (m − x) + log1p(count of maxima − 1 + Σ e^(x − m) over the rest): no
     # cancellation where one logit dominates.
     m = np.max(xr, axis=-1, keepdims=True) if c else np.zeros(xr.shape[:-1] + (1,))
@@ -84,6 +95,7 @@ def _numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
         rest = np.where(top, 0.0, e).sum(-1, keepdims=True)
         excess = np.log1p(top.sum(-1, keepdims=True) - 1 + rest)
         d = (m - xr) + excess
+    lse = (m + excess)[..., 0]
     p = np.exp(-d)
     w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
     if t.dtype.kind in "iu":
@@ -94,26 +106,41 @@ def _numpy_ce(x, target, weight=None, ignore_index=-100, reduction="mean",
                           + (1 - eps) * w[y][..., None], -1)
         v = np.where(valid[..., None], v, 0.0)
         denom = np.sum(np.where(valid, w[y], 0.0))
+        best = y
     else:
-        v = w * ((1 - eps) * _class_last(t.astype(np.float64), nd) + eps / c)
+        tr = _class_last(t.astype(np.float64), nd)
+        v = w * ((1 - eps) * tr + eps / c)
         denom = float(v.shape[0] * np.prod(v.shape[1:-1])) if v.ndim > 1 else 1.0
+        valid = np.ones(lse.shape, bool)
+        best = np.argmax(tr, axis=-1)
     with np.errstate(invalid="ignore"):
         terms = np.where(v == 0, 0.0, v * d)
-    loss = terms.sum(-1)
-    a = v.sum(-1, keepdims=True)
+    z_rows = np.where(valid, z * lse * lse, 0.0)
+    loss = terms.sum(-1) + z_rows
+    a = v.sum(-1, keepdims=True) + (2 * z * np.where(valid, lse, 0.0)[..., None] if z else 0)
     grad = a * p - v
-    if reduction == "none":
-        out = loss
-    elif reduction == "sum":
-        out = loss.sum()
-    else:
+    right = np.take_along_axis(xr, best[..., None], -1)[..., 0] == xr.max(-1) if c else valid
+    n = valid.sum()
+    accuracy = float(right[valid].sum()) / n if n else float("nan")
+
+    def reduce(rows):
+        if reduction == "none":
+            return rows
+        if reduction == "sum":
+            return rows.sum()
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.float64(loss.sum()) / np.float64(denom)
+            return np.float64(rows.sum()) / np.float64(denom)
+
+    out = reduce(loss)
+    if reduction == "mean":
         # torch's rule: with nothing to average over, the loss is NaN and the gradient 0
         # (every row's v is 0 then).
         grad = grad / denom if denom else grad
+    if softcap is not None:
+        grad = grad * (1 - np.tanh(_class_last(raw, nd) / softcap) ** 2)
     grad = grad if nd <= 2 else np.moveaxis(grad, -1, 1)
-    return np.asarray(out), grad.reshape(x.shape)
+    stats = (np.asarray(out), np.asarray(reduce(z_rows)), lse, accuracy)
+    return np.asarray(out), grad.reshape(x.shape), stats
 
 
 def torch_ce(x, target, **kw):

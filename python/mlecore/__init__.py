@@ -8,9 +8,11 @@ handed to `mlecore.torch`; importing mlecore never imports torch.
 from ._config import get_num_threads, set_num_threads, show_config
 from ._losses import cross_entropy, cross_entropy_with_grad, nll_loss
 from ._mlecore import __version__
+from ._spec import CrossEntropyStats
 from ._special import log_softmax, logsumexp, softmax
 
 __all__ = [
+    "CrossEntropyStats",
     "__version__",
     "cross_entropy",
     "cross_entropy_with_grad",

@@ -31,7 +31,7 @@ def labels_reported(target_shape, n_classes: int, ignore_index: int):
 
 @dataclass
 class CeRows:
-    """A cross-entropy problem in the kernels' row form. The Rust layer reads the first five
+    """A cross-entropy problem in the kernels' row form. The Rust layer reads the first six
     attributes; the last two word a bad label's error."""
 
     x: np.ndarray  # (rows, C), C-contiguous: float16/32/64, or bfloat16 bits as uint16
@@ -39,22 +39,26 @@ class CeRows:
     weight: np.ndarray | None  # (C,) of the compute dtype
     ignore_index: int
     label_smoothing: float
+    lse_square_scale: float
     target_shape: tuple[int, ...]
     n_classes: int
 
     def _reported(self):
         return labels_reported(self.target_shape, self.n_classes, self.ignore_index)
 
-    def forward(self, loss: np.ndarray, lse: np.ndarray) -> tuple[float, float]:
-        """Per-row losses (float64) and log-sum-exps; returns (Σ loss, mean denominator)."""
+    def forward(self, loss: np.ndarray, lse: np.ndarray,
+                hits: np.ndarray | None = None) -> tuple[float, float]:
+        """Per-row losses (float64), log-sum-exps and (given `hits`) whether each row's class
+        holds its maximum; returns (Σ loss, mean denominator)."""
         with self._reported():
-            return _ext.cross_entropy_rows(self, loss, lse)
+            return _ext.cross_entropy_rows(self, loss, lse, hits)
 
-    def fused(self, reduction: str, grad: np.ndarray | None, loss: np.ndarray,
-              lse: np.ndarray) -> tuple[float, float]:
-        """`forward` and the gradient of the reduced loss into `grad` (None: over `x`)."""
+    def fused(self, scale, grad: np.ndarray | None, loss: np.ndarray, lse: np.ndarray,
+              hits: np.ndarray | None = None) -> tuple[float, float]:
+        """`forward`, and the gradient into `grad` (None: over `x`), scaled as the reduction
+        `scale` ("mean", "sum", "none") or by the number `scale`."""
         with self._reported():
-            return _ext.cross_entropy_grad_rows(self, reduction, grad, loss, lse)
+            return _ext.cross_entropy_grad_rows(self, scale, grad, loss, lse, hits)
 
     def backward(self, lse: np.ndarray, scale_rows: np.ndarray, grad: np.ndarray) -> None:
         """The gradient from saved log-sum-exps, row r scaled by `scale_rows[r]`."""

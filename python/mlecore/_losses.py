@@ -24,29 +24,44 @@ class Problem:
     """A validated numpy cross-entropy call: the kernels' rows, and how to give results
     back in the caller's shapes."""
 
-    def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing):
+    def __init__(self, input, target, weight, ignore_index, reduction, label_smoothing,
+                 softcap=None, lse_square_scale=0.0):
         self.reduction, eps, ignore = _spec.check_options(reduction, label_smoothing,
                                                           ignore_index)
+        self.softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
         x = as_float_array(input)
         t = native(np.asarray(target))
-        is_index = _spec.target_is_index(t.dtype.kind, t.dtype)
-        n_classes, self.loss_shape = _spec.class_layout(x.shape, t.shape, is_index)
+        self.is_index = _spec.target_is_index(t.dtype.kind, t.dtype)
+        n_classes, self.loss_shape = _spec.class_layout(x.shape, t.shape, self.is_index)
         target_shape = t.shape
         class_axis = (_spec.class_axis(x.ndim),)
         self.layout = as_rows(x, class_axis)
-        if is_index:
+        if self.is_index:
             t = np.ascontiguousarray(t.reshape(-1))
         else:
             t = as_rows(t.astype(x.dtype, copy=False), class_axis).matrix
         w = None if weight is None else class_weights(weight, n_classes, compute_dtype(x.dtype))
-        self.rows = CeRows(self.layout.matrix, t, w, ignore, eps, target_shape, n_classes)
+        logits = self.layout.matrix
+        if self.softcap is not None:
+            # The loss sees c·tanh(z/c), computed in the compute dtype (a copy).
+            if not self.is_index:
+                t = t.astype(compute_dtype(x.dtype), copy=False)
+            logits = softcapped(logits, self.softcap)
+        self.rows = CeRows(logits, t, w, ignore, eps, z, target_shape, n_classes)
         self.dtype = x.dtype
         self.input_shape = x.shape
 
-    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row losses (float64) and log-sum-exps, for the kernels to fill."""
+    def buffers(self, stats: bool = False):
+        """Per-row losses (float64), log-sum-exps and (with `stats`) hits, for the kernels.
+        The kernels judge class indices; a probability target's most probable class is
+        judged here, before a pass can overwrite the logits."""
         n = self.rows.x.shape[0]
-        return np.empty(n), np.empty(n, compute_dtype(self.dtype))
+        hits = np.empty(n, np.uint8) if stats and self.is_index else None
+        if stats and not self.is_index:
+            m = self.rows.x
+            y = np.argmax(self.rows.target, axis=1)
+            self.judged = m[np.arange(n), y] == m.max(axis=1, initial=-np.inf)
+        return np.empty(n), np.empty(n, compute_dtype(self.dtype)), hits
 
     def reduce(self, loss: np.ndarray, total: float, denom: float):
         """The loss in the input's dtype, reduced as asked."""
@@ -55,9 +70,48 @@ class Problem:
                                   self.loss_shape)
         return r.astype(self.dtype) if self.reduction == "none" else self.dtype.type(r)
 
+    def counted(self) -> np.ndarray:
+        """The rows that count: not ignored (all rows of probability targets)."""
+        if not self.is_index:
+            return np.ones(self.rows.x.shape[0], bool)
+        return label_mask(self.rows.target, self.rows.ignore_index)
+
+    def finish(self, loss, lse, hits, total, denom, stats: bool):
+        """The reduced loss, or with `stats` the `CrossEntropyStats` of the pass."""
+        reduced = self.reduce(loss, total, denom)
+        if not stats:
+            return reduced
+        counted = self.counted()
+        z = self.rows.lse_square_scale
+        lse64 = lse.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            z_rows = np.where(counted, z * lse64 * lse64, 0.0) if z else np.zeros(len(lse))
+        z_loss = self.reduce(z_rows, float(z_rows.sum()), denom)
+        right = hits.astype(bool) if hits is not None else self.judged
+        n = int(counted.sum())
+        accuracy = float(right[counted].sum()) / n if n else float("nan")
+        lse_out = lse.reshape(self.loss_shape).astype(self.dtype)
+        return _spec.CrossEntropyStats(reduced, z_loss, lse_out, accuracy)
+
+    def chain(self, grad: np.ndarray) -> None:
+        """The gradient through the soft-cap, in place: d(c·tanh(z/c))/dz = 1 − (s/c)²."""
+        if self.softcap is not None:
+            s = self.rows.x
+            grad *= 1 - (s / self.softcap) ** 2
+
+
+def softcapped(logits: np.ndarray, cap: float) -> np.ndarray:
+    """c·tanh(z/c) in the compute dtype (float32 for float16), a new array."""
+    z = logits.astype(compute_dtype(logits.dtype), copy=True)
+    z /= cap
+    np.tanh(z, out=z)
+    z *= cap
+    return z
+
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, *, backend="auto"):
+                  label_smoothing=0.0, *, softcap=None, lse_square_scale=0.0,
+                  return_stats=False, backend="auto"):
     """Cross-entropy between logits and a target, as `torch.nn.functional.cross_entropy`.
 
     Parameters
@@ -79,12 +133,19 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         the number of elements N·d1···dk (probabilities), as torch.
     label_smoothing : float, optional
         ε in [0, 1]: the target becomes (1 − ε)·target + ε/C.
+    softcap : float, optional
+        c > 0: the logits become c·tanh(z/c) before the loss (Gemma 2's soft-capping).
+    lse_square_scale : float, optional
+        s ≥ 0: each counted element adds s·lse² to its loss (PaLM's z-loss; flash-attn's and
+        Liger's name), reduced with the rest.
+    return_stats : bool, optional
+        Return a `CrossEntropyStats` (loss, z_loss, lse, accuracy) from the same pass.
     backend : {"auto", "rust", "torch"}, optional
         For torch tensors: which implementation runs (see `mlecore.torch`).
 
     Returns
     -------
-    scalar or ndarray
+    scalar or ndarray or CrossEntropyStats
         The loss in the input's dtype; per-element losses of the target's shape with
         reduction="none".
 
@@ -109,17 +170,23 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     >>> y = np.array([0, 1, 1, 0, 1, 2])
     >>> print(f"{mlecore.cross_entropy(s, y):.4f}")
     1.0686
+    >>> stats = mlecore.cross_entropy(s, y, return_stats=True)  # ties count as right
+    >>> print(f"{stats.loss:.4f} {stats.accuracy:.4f}")
+    1.0686 0.8333
     """
     if _spec.is_tensor(input):
         from .torch import cross_entropy as torch_cross_entropy
 
         return torch_cross_entropy(input, target, weight, ignore_index, reduction,
-                                   label_smoothing, backend=backend)
+                                   label_smoothing, softcap=softcap,
+                                   lse_square_scale=lse_square_scale,
+                                   return_stats=return_stats, backend=backend)
     _spec.numpy_backend(backend)
-    p = Problem(input, target, weight, ignore_index, reduction, label_smoothing)
-    loss, lse = p.buffers()
-    total, denom = p.rows.forward(loss, lse)
-    return p.reduce(loss, total, denom)
+    p = Problem(input, target, weight, ignore_index, reduction, label_smoothing, softcap,
+                lse_square_scale)
+    loss, lse, hits = p.buffers(return_stats)
+    total, denom = p.rows.forward(loss, lse, hits)
+    return p.finish(loss, lse, hits, total, denom, return_stats)
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
@@ -128,8 +195,32 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
             and a.dtype == b.dtype)
 
 
+def check_out(out, input, shape, dtype, reads) -> bool:
+    """Validates a gradient buffer `out` against the input and the arrays a kernel reads
+    while it writes `out` (by memory range); True when `out` is the input itself."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out must have the input's shape {tuple(shape)} and dtype "
+                         f"{dtype}, got {out.shape} and {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    inplace = isinstance(input, np.ndarray) and _same_memory(out, input)
+    if not inplace and isinstance(input, np.ndarray) and np.may_share_memory(out, input):
+        raise ValueError("out overlaps input without being input itself; pass out=input for "
+                         "an in-place gradient, or a separate array")
+    for name, read in reads:
+        # The kernel reads these (or copies of them) while it writes out: memory shared with
+        # the caller's arrays is refused, whether or not a copy would have been read.
+        if isinstance(read, np.ndarray) and np.may_share_memory(out, read):
+            raise ValueError(f"out overlaps {name}: the gradient would overwrite it while "
+                             "the kernel reads it; pass a separate array")
+    return inplace
+
+
 def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, out=None, *, backend="auto"):
+                            label_smoothing=0.0, out=None, *, softcap=None,
+                            lse_square_scale=0.0, return_stats=False, backend="auto"):
     """Cross-entropy and its gradient with respect to the logits, from one fused pass.
 
     Each row's log-sum-exp is computed, then its gradient, scale·(A·softmax(z) − v), is
@@ -144,12 +235,15 @@ def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduc
         Where the gradient goes: an array of the input's shape and dtype, or `input` itself
         for an in-place gradient (large vocabularies). Any other overlap with `input` is an
         error. Without it a new array is returned.
+    softcap, lse_square_scale, return_stats
+        As in `cross_entropy`; the gradient goes through the soft-cap (times 1 − (s/c)²)
+        and includes the z-loss's 2·s·lse·softmax.
     backend : {"auto", "rust", "torch"}, optional
         For torch tensors: which implementation runs.
 
     Returns
     -------
-    loss : scalar or ndarray
+    loss : scalar or ndarray or CrossEntropyStats
         As `cross_entropy` returns it.
     grad : ndarray
         d loss / d input, of the input's shape and dtype (`out` when given). With
@@ -168,45 +262,45 @@ def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduc
         from .torch import cross_entropy_with_grad as torch_cross_entropy_with_grad
 
         return torch_cross_entropy_with_grad(input, target, weight, ignore_index, reduction,
-                                             label_smoothing, out, backend=backend)
+                                             label_smoothing, out, softcap=softcap,
+                                             lse_square_scale=lse_square_scale,
+                                             return_stats=return_stats, backend=backend)
     _spec.numpy_backend(backend)
-    p = Problem(input, target, weight, ignore_index, reduction, label_smoothing)
-    loss, lse = p.buffers()
+    p = Problem(input, target, weight, ignore_index, reduction, label_smoothing, softcap,
+                lse_square_scale)
+    loss, lse, hits = p.buffers(return_stats)
     rows = p.rows
+
+    def fused(grad):  # grad=None: the gradient overwrites rows.x
+        return rows.fused(p.reduction, grad, loss, lse, hits)
+
+    def done(total, denom):
+        return p.finish(loss, lse, hits, total, denom, return_stats)
+
     if out is None:
         grad = np.empty_like(rows.x)
-        total, denom = rows.fused(p.reduction, grad, loss, lse)
-        return p.reduce(loss, total, denom), p.layout.restore(grad)
+        total, denom = fused(grad)
+        p.chain(grad)
+        return done(total, denom), p.layout.restore(grad.astype(p.dtype, copy=False))
 
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-    if out.shape != p.input_shape or out.dtype != p.dtype:
-        raise ValueError(f"out must have the input's shape {p.input_shape} and dtype "
-                         f"{p.dtype}, got {out.shape} and {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    inplace = isinstance(input, np.ndarray) and _same_memory(out, input)
-    if not inplace and isinstance(input, np.ndarray) and np.may_share_memory(out, input):
-        raise ValueError("out overlaps input without being input itself; pass out=input for "
-                         "an in-place gradient, or a separate array")
-    for name, read in (("target", target), ("weight", weight)):
-        # The kernel reads these (or copies of them) while it writes out: memory shared with
-        # the caller's arrays is refused, whether or not a copy would have been read.
-        if isinstance(read, np.ndarray) and np.may_share_memory(out, read):
-            raise ValueError(f"out overlaps {name}: the gradient would overwrite it while "
-                             "the kernel reads it; pass a separate array")
+    inplace = check_out(out, input, p.input_shape, p.dtype,
+                        (("target", target), ("weight", weight)))
     direct = out.ndim <= 2 and out.flags.c_contiguous and out.flags.aligned
-    if inplace and np.may_share_memory(rows.x, out):
+    if p.softcap is None and inplace and np.may_share_memory(rows.x, out):
         # rows.x is the caller's array: the kernel overwrites it row by row.
-        total, denom = rows.fused(p.reduction, None, loss, lse)
-    elif direct and not inplace:
-        total, denom = rows.fused(p.reduction, out.reshape(rows.x.shape), loss, lse)
+        total, denom = fused(None)
+    elif direct and (not inplace or p.softcap is not None) and rows.x.dtype == p.dtype:
+        g = out.reshape(rows.x.shape)
+        total, denom = fused(g)
+        p.chain(g)
     else:
-        # A layout the kernel cannot write directly (K-dim, strided): one extra copy.
-        g = np.empty_like(rows.x)
-        total, denom = rows.fused(p.reduction, g, loss, lse)
-        np.copyto(out, p.layout.restore(g))
-    return p.reduce(loss, total, denom), out
+        # A layout or dtype the kernel cannot write directly (K-dim, strided, a soft-capped
+        # float16 input): one extra copy.
+        g = np.empty(rows.x.shape, rows.x.dtype)
+        total, denom = fused(g)
+        p.chain(g)
+        np.copyto(out, p.layout.restore(g), casting="same_kind")
+    return done(total, denom), out
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,

@@ -8,8 +8,10 @@ report is reworded here too.
 
 from __future__ import annotations
 
+import math
 import operator
 import sys
+from typing import Any, NamedTuple
 
 #: Values of every function's `backend=`.
 BACKENDS = ("auto", "rust", "torch")
@@ -52,6 +54,65 @@ def check_options(reduction, label_smoothing=0.0, ignore_index=-100) -> tuple[st
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     return reduction, eps, check_ignore_index(ignore_index)
+
+
+def check_loss_options(softcap=None, lse_square_scale=0.0) -> tuple[float | None, float]:
+    """Validated (softcap, lse_square_scale): the options fused losses offer.
+
+    `softcap` c > 0 makes the logits c·tanh(z/c) before the loss (Gemma 2's soft-capping);
+    `lse_square_scale` s ≥ 0 adds s·lse² to each counted row's loss (PaLM's z-loss).
+    """
+    if softcap is not None:
+        try:
+            cap = float(softcap)
+        except (TypeError, ValueError):
+            raise TypeError(f"softcap must be a float or None, got {softcap!r}") from None
+        if not (cap > 0 and math.isfinite(cap)):
+            raise ValueError(f"softcap must be a finite number > 0, got {softcap}")
+        softcap = cap
+    try:
+        z = float(lse_square_scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"lse_square_scale must be a float, got {lse_square_scale!r}") from None
+    if not (z >= 0 and math.isfinite(z)):
+        raise ValueError(f"lse_square_scale must be a finite number ≥ 0, got {lse_square_scale}")
+    return softcap, z
+
+
+def check_chunk_size(chunk_size) -> int | None:
+    """`chunk_size` (rows per chunk of a fused linear loss) as an int ≥ 1, or None."""
+    if chunk_size is None:
+        return None
+    try:
+        n = operator.index(chunk_size)
+    except TypeError:
+        raise TypeError(f"chunk_size must be an int or None, got {chunk_size!r}") from None
+    if n < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {n}")
+    return n
+
+
+class CrossEntropyStats(NamedTuple):
+    """What a loss with ``return_stats=True`` returns, computed in the same pass.
+
+    Attributes
+    ----------
+    loss
+        The loss, as without ``return_stats`` (z-loss included).
+    z_loss
+        Its z-loss part, s·lse² over the counted rows, reduced as the loss.
+    lse
+        Each element's log-sum-exp over the classes (of the soft-capped logits), in the
+        loss's per-element shape: for perplexity, distillation, or a z-loss elsewhere.
+    accuracy
+        The fraction of counted rows whose target class holds the row's maximum logit (the
+        most probable class of a probability target); NaN when no row counts.
+    """
+
+    loss: Any
+    z_loss: Any
+    lse: Any
+    accuracy: Any
 
 
 def check_ignore_index(ignore_index) -> int:

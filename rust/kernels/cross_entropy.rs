@@ -33,6 +33,8 @@ pub struct CeOptions<'a, F> {
     pub ignore_index: i64,
     /// ε in [0, 1]: the target becomes (1 − ε)·target + ε/C.
     pub label_smoothing: f64,
+    /// s ≥ 0: each row that is not ignored adds s·lse² to its loss (PaLM's z-loss).
+    pub lse_square_scale: f64,
 }
 
 impl<F> Default for CeOptions<'_, F> {
@@ -41,16 +43,53 @@ impl<F> Default for CeOptions<'_, F> {
             weight: None,
             ignore_index: -100,
             label_smoothing: 0.0,
+            lse_square_scale: 0.0,
         }
     }
 }
 
-/// How per-row losses are reduced (for the gradient's scale).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    None,
+/// The factor of the fused pass's gradient: that of the mean (1 / this call's denominator),
+/// or a given one (1 for the sum, and for `reduction="none"`, whose gradient is that of the
+/// sum; 1 / a denominator over many calls, when rows come in chunks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GradScale {
     Mean,
-    Sum,
+    Factor(f64),
+}
+
+/// The per-row results of a pass: losses (float64), log-sum-exps, and optionally whether each
+/// row's class holds the row's maximum (the accuracy of a prediction by the maximum).
+pub struct RowResults<'a, F> {
+    pub loss: &'a mut [f64],
+    pub lse: &'a mut [F],
+    pub hits: Option<&'a mut [u8]>,
+}
+
+impl<'a, F> RowResults<'a, F> {
+    pub fn new(loss: &'a mut [f64], lse: &'a mut [F]) -> Self {
+        RowResults {
+            loss,
+            lse,
+            hits: None,
+        }
+    }
+
+    fn check(&self, rows: usize) -> Result<(), KernelError> {
+        check_len("lse", self.lse.len(), rows)?;
+        if let Some(h) = &self.hits {
+            check_len("hits", h.len(), rows)?;
+        }
+        Ok(())
+    }
+
+    fn outputs<'o, T: Elem<F = F>>(&mut self, grad: Option<GradOut<'o, T>>) -> Outputs<'o, T> {
+        Outputs::Rows {
+            loss: Shared::new(self.loss),
+            lse: Shared::new(self.lse),
+            hits: self.hits.as_deref_mut().map(Shared::new),
+            grad,
+        }
+    }
 }
 
 /// The factor of each row's gradient.
@@ -183,10 +222,13 @@ impl<T: Elem> Copy for GradOut<'_, T> {}
 
 /// What a pass over the rows produces.
 enum Outputs<'a, T: Elem> {
-    /// Per-row losses and log-sum-exps, and the gradient too when fused.
+    /// Per-row losses and log-sum-exps, and the gradient too when fused; optionally whether
+    /// each row's class holds the row's maximum (1) or not (0; ignored rows and
+    /// probabilities 0).
     Rows {
         loss: Shared<f64>,
         lse: Shared<T::F>,
+        hits: Option<Shared<u8>>,
         grad: Option<GradOut<'a, T>>,
     },
     /// The gradient alone (the backward pass).
@@ -218,6 +260,8 @@ struct Ce<'a, T: Elem, L, const STATS: bool> {
     smoothing: f64,
     /// (ε/C)·Σ w: the smoothing part of A.
     smoothing_total: f64,
+    /// The z-loss's s: its row adds s·lse², its gradient 2·s·lse·softmax.
+    z: f64,
     out: Outputs<'a, T>,
 }
 
@@ -247,6 +291,7 @@ impl<'a, T: Elem, L: Label, const STATS: bool> Ce<'a, T, L, STATS> {
             eps,
             smoothing,
             smoothing_total: smoothing * wsum,
+            z: opts.lse_square_scale,
             out,
         }
     }
@@ -312,11 +357,16 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
 
     #[inline(always)]
     fn done(&self, r: usize, s: &Stats, excess: f64) {
-        let Outputs::Rows { loss, lse, .. } = &self.out else {
+        let Outputs::Rows {
+            loss, lse, hits, ..
+        } = &self.out
+        else {
             return;
         };
+        let lse_r = s.m + excess;
         // SAFETY: each row is finished exactly once.
-        unsafe { lse.set(r, T::F::from_f64(s.m + excess)) };
+        unsafe { lse.set(r, T::F::from_f64(lse_r)) };
+        let mut hit = false;
         let value = match self.target {
             Typed::Probs(_) => s.weighted_nll(excess),
             Typed::Index(_) => match self.class(r) {
@@ -324,6 +374,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
                     let xy = unsafe { *self.row(r).add(y) }.to_f64();
+                    hit = xy == s.m;
                     let nll = (1.0 - self.eps) * self.class_weight(y) * ((s.m - xy) + excess);
                     let value = if self.eps > 0.0 {
                         nll + self.smoothing * s.weighted_nll(excess)
@@ -340,12 +391,23 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                 }
             },
         };
+        let ignored = matches!(self.target, Typed::Index(_)) && self.class(r).is_none();
+        let value = if self.z > 0.0 && !ignored {
+            value + self.z * lse_r * lse_r
+        } else {
+            value
+        };
         // A row holding +inf or NaN is NaN (its value can come out ±inf otherwise).
         let value = if !value.is_finite() && poisoned(s.m, excess) {
             f64::NAN
         } else {
             value
         };
+        if let Some(hits) = hits {
+            let hit = hit && !poisoned(s.m, excess);
+            // SAFETY: each row is finished exactly once.
+            unsafe { hits.set(r, hit as u8) };
+        }
         // SAFETY: each row is finished exactly once.
         unsafe { loss.set(r, value) };
     }
@@ -388,6 +450,12 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                 )
             }
             None => (s.vsum, scale, None),
+        };
+        // The z-loss s·lse² adds 2·s·lse·softmax: to A.
+        let a = if self.z > 0.0 {
+            a + 2.0 * self.z * (m + excess)
+        } else {
+            a
         };
         // A row of total weight A = 0 contributes nothing: its softmax term is 0, also where
         // the softmax is undefined (all −inf), so the reference moves to +inf, where every
@@ -434,6 +502,12 @@ fn check<T: Elem>(
     check_len("input", x_len, rows * cols)?;
     if let Some(w) = opts.weight {
         check_len("weight", w.len(), cols)?;
+    }
+    if !(opts.lse_square_scale >= 0.0 && opts.lse_square_scale.is_finite()) {
+        return Err(KernelError::Shape(format!(
+            "lse_square_scale must be a finite number ≥ 0, got {}",
+            opts.lse_square_scale
+        )));
     }
     if !(0.0..=1.0).contains(&opts.label_smoothing) {
         return Err(KernelError::Shape(format!(
@@ -503,37 +577,30 @@ fn summary(loss: &[f64], denom: f64) -> CeSummary {
     }
 }
 
-/// Per-row losses into `loss` (float64) and log-sum-exps into `lse`; returns their sum and
-/// the `mean` denominator. Rows: `loss.len()`.
+/// Per-row losses and log-sum-exps into `out`; returns the losses' sum and the `mean`
+/// denominator. Rows: `out.loss.len()`.
 pub fn cross_entropy<T: Elem>(
     x: &[T],
     cols: usize,
     target: Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
-    loss: &mut [f64],
-    lse: &mut [T::F],
+    mut out: RowResults<'_, T::F>,
 ) -> Result<CeSummary, KernelError> {
-    let c = check(x.len(), cols, loss.len(), &target, opts)?;
-    check_len("lse", lse.len(), c.rows)?;
-    let out = Outputs::Rows {
-        loss: Shared::new(loss),
-        lse: Shared::new(lse),
-        grad: None,
-    };
-    run::<T, true>(x.as_ptr(), cols, target, opts, out, c.rows);
-    Ok(summary(loss, c.denom))
+    let c = check(x.len(), cols, out.loss.len(), &target, opts)?;
+    out.check(c.rows)?;
+    run::<T, true>(x.as_ptr(), cols, target, opts, out.outputs(None), c.rows);
+    Ok(summary(out.loss, c.denom))
 }
 
-/// The forward pass and the gradient of the `reduction`-reduced loss (of the sum for
-/// `Reduction::None`) in one pass: each row's gradient is written while the row is in cache.
+/// The forward pass and the gradient of the loss (of the sum of the per-row losses, times
+/// `scale`) in one pass: each row's gradient is written while the row is in cache.
 pub fn cross_entropy_with_grad<T: Elem>(
     io: GradIo<'_, T>,
     cols: usize,
     target: Target<'_, T>,
     opts: &CeOptions<'_, T::F>,
-    reduction: Reduction,
-    loss: &mut [f64],
-    lse: &mut [T::F],
+    scale: GradScale,
+    mut out: RowResults<'_, T::F>,
 ) -> Result<CeSummary, KernelError> {
     let (x, g, len) = match io {
         GradIo::Separate { x, grad } => {
@@ -542,23 +609,19 @@ pub fn cross_entropy_with_grad<T: Elem>(
         }
         GradIo::InPlace(x) => (x.as_ptr(), x.as_mut_ptr(), x.len()),
     };
-    let c = check(len, cols, loss.len(), &target, opts)?;
-    check_len("lse", lse.len(), c.rows)?;
-    let scale = match reduction {
-        Reduction::Mean => 1.0 / c.denom,
-        _ => 1.0,
+    let c = check(len, cols, out.loss.len(), &target, opts)?;
+    out.check(c.rows)?;
+    let factor = match scale {
+        GradScale::Mean => 1.0 / c.denom,
+        GradScale::Factor(f) => f,
     };
-    let out = Outputs::Rows {
-        loss: Shared::new(loss),
-        lse: Shared::new(lse),
-        grad: Some(GradOut {
-            ptr: SendPtr(g),
-            scale: Scale::Uniform(scale),
-            saved_lse: None,
-        }),
+    let grad = GradOut {
+        ptr: SendPtr(g),
+        scale: Scale::Uniform(factor),
+        saved_lse: None,
     };
-    run::<T, true>(x, cols, target, opts, out, c.rows);
-    Ok(summary(loss, c.denom))
+    run::<T, true>(x, cols, target, opts, out.outputs(Some(grad)), c.rows);
+    Ok(summary(out.loss, c.denom))
 }
 
 /// The gradient with respect to the logits, given each row's factor (`scale`) and the

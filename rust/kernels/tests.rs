@@ -351,6 +351,8 @@ struct Case {
     probs: Vec<f64>,
     weight: Option<Vec<f64>>,
     eps: f64,
+    /// The z-loss's s.
+    z: f64,
 }
 
 const IGNORE: i64 = -100;
@@ -383,6 +385,8 @@ impl Case {
             probs,
             weight,
             eps,
+            // Some cases carry a z-loss (tied to ε, so that the test's loops stay as they are).
+            z: if eps == 0.1 { 0.05 } else { 0.0 },
         }
     }
 
@@ -409,8 +413,9 @@ impl Case {
             .collect()
     }
 
-    /// (per-row losses, denominator, gradient of the mean).
-    fn reference(&self, soft: bool) -> (Vec<f64>, f64, Vec<f64>) {
+    /// (per-row losses, denominator, gradient of the mean, whether each row's class holds
+    /// its maximum).
+    fn reference(&self, soft: bool) -> (Vec<f64>, f64, Vec<f64>, Vec<u8>) {
         let c = self.cols;
         let mut loss = vec![0.0; self.rows];
         let mut grad = vec![0.0; self.rows * c];
@@ -423,17 +428,25 @@ impl Case {
                 .map(|&y| self.w(y as usize))
                 .sum()
         };
+        let mut hits = vec![0u8; self.rows];
         for r in 0..self.rows {
             let row = &self.x[r * c..(r + 1) * c];
             let lse = ref_lse(row);
             let v = self.v(r, soft);
-            let a: f64 = v.iter().sum();
-            loss[r] = (0..c).map(|k| v[k] * (lse - row[k])).sum();
+            let counted = soft || self.labels[r] != IGNORE;
+            // The z-loss s·lse² of a counted row, and its gradient 2·s·lse·softmax.
+            let z = if counted { self.z } else { 0.0 };
+            let a: f64 = v.iter().sum::<f64>() + 2.0 * z * lse;
+            loss[r] = (0..c).map(|k| v[k] * (lse - row[k])).sum::<f64>() + z * lse * lse;
             for k in 0..c {
                 grad[r * c + k] = (a * (row[k] - lse).exp() - v[k]) / denom;
             }
+            if !soft && counted {
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                hits[r] = (row[self.labels[r] as usize] == max) as u8;
+            }
         }
-        (loss, denom, grad)
+        (loss, denom, grad, hits)
     }
 }
 
@@ -466,8 +479,9 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
         probs: pr,
         weight: wr,
         eps: case.eps,
+        z: case.z,
     };
-    let (want_loss, want_denom, want_grad) = exact.reference(soft);
+    let (want_loss, want_denom, want_grad, want_hits) = exact.reference(soft);
     let target = if soft {
         Target::Probs(&probs)
     } else {
@@ -477,10 +491,18 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
         weight: w.as_deref(),
         ignore_index: IGNORE,
         label_smoothing: case.eps,
+        lse_square_scale: case.z,
     };
     let mut loss = vec![0.0; rows];
     let mut lse = vec![<T::F as crate::simd::Float>::ZERO; rows];
-    let s = cross_entropy(&x, cols, target, &opts, &mut loss, &mut lse).unwrap();
+    let mut hits = vec![9u8; rows];
+    let out = RowResults {
+        loss: &mut loss,
+        lse: &mut lse,
+        hits: Some(&mut hits),
+    };
+    let s = cross_entropy(&x, cols, target, &opts, out).unwrap();
+    assert_eq!(hits, want_hits, "{what}: hits");
     close(s.denom, want_denom, 1e-12, what);
     for r in 0..rows {
         close(loss[r], want_loss[r], tol, &format!("{what} loss row {r}"));
@@ -504,9 +526,8 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
         cols,
         target,
         &opts,
-        Reduction::Mean,
-        &mut loss2,
-        &mut lse,
+        GradScale::Mean,
+        RowResults::new(&mut loss2, &mut lse),
     )
     .unwrap();
     assert_eq!(s2, s, "{what}: fused forward differs");
@@ -519,9 +540,8 @@ fn check_ce<T: Elem>(case: &Case, soft: bool, tol: f64, what: &str) {
         cols,
         target,
         &opts,
-        Reduction::Mean,
-        &mut loss2,
-        &mut lse,
+        GradScale::Mean,
+        RowResults::new(&mut loss2, &mut lse),
     )
     .unwrap();
     assert!(
@@ -595,8 +615,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         3,
         Target::Index(Labels::from(&labels[..])),
         &opts,
-        &mut loss,
-        &mut lse,
+        RowResults::new(&mut loss, &mut lse),
     );
     assert_eq!(
         err.unwrap_err(),
@@ -613,8 +632,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         3,
         Target::Index(Labels::from(&labels[..])),
         &opts,
-        &mut loss,
-        &mut lse,
+        RowResults::new(&mut loss, &mut lse),
     );
     assert!(matches!(
         err,
@@ -626,8 +644,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         3,
         Target::Index(Labels::from(&labels[..])),
         &opts,
-        &mut loss,
-        &mut lse,
+        RowResults::new(&mut loss, &mut lse),
     );
     assert!(matches!(err, Err(KernelError::Shape(_))));
     let bad = CeOptions::<f32> {
@@ -640,8 +657,7 @@ fn bad_labels_and_shapes_are_errors_not_panics() {
         3,
         Target::Index(Labels::from(&labels[..])),
         &bad,
-        &mut loss,
-        &mut lse,
+        RowResults::new(&mut loss, &mut lse),
     );
     assert!(matches!(err, Err(KernelError::Shape(_))));
 }
@@ -662,9 +678,8 @@ fn ignored_rows_of_neg_inf_get_zero_gradient() {
         3,
         Target::Index(Labels::from(&labels[..])),
         &opts,
-        Reduction::Mean,
-        &mut loss,
-        &mut lse,
+        GradScale::Mean,
+        RowResults::new(&mut loss, &mut lse),
     )
     .unwrap();
     assert_eq!(&g[..3], &[0.0, 0.0, 0.0]);
@@ -683,8 +698,7 @@ fn zero_probability_on_neg_inf_logit_adds_nothing() {
         3,
         Target::<f64>::Probs(&t),
         &CeOptions::default(),
-        &mut loss,
-        &mut lse,
+        RowResults::new(&mut loss, &mut lse),
     )
     .unwrap();
     let want = ref_lse(&x) - 0.5;
@@ -712,9 +726,8 @@ fn results_do_not_depend_on_the_thread_count() {
                 cols,
                 Target::Index(Labels::from(&labels[..])),
                 &CeOptions::default(),
-                Reduction::Mean,
-                &mut loss,
-                &mut lse,
+                GradScale::Mean,
+                RowResults::new(&mut loss, &mut lse),
             )
             .unwrap();
             (s.total.to_bits(), lse, g)

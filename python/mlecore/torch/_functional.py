@@ -194,6 +194,7 @@ def _same_device(t: Tensor, x: Tensor, name: str) -> None:
 
 def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
              index_only=False):
+    """(x, target rows, weight, ignore_index, ε, reduction, loss shape), validated."""
     reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
     x = _float_input(input)
     is_index = _target_kind(target)
@@ -211,9 +212,42 @@ def _reduce(loss_rows, denom, reduction, loss_shape, dtype):
     return _spec.reduce_loss(loss_rows, total, denom, reduction, loss_shape).to(dtype)
 
 
+def _softcapped(x: Tensor, softcap: float | None) -> Tensor:
+    """c·tanh(z/c) in the compute dtype, differentiable; `x` itself without a cap."""
+    if softcap is None:
+        return x
+    return softcap * torch.tanh(x.to(R.compute_dtype(x.dtype)) / softcap)
+
+
+def _prob_hits(rows: Tensor, t: Tensor) -> Tensor:
+    """Whether each row's most probable target class holds the row's maximum logit (judged
+    before a pass can overwrite the logits)."""
+    with torch.no_grad():
+        best = t.argmax(-1, keepdim=True)
+        return rows.gather(-1, best).squeeze(-1) == rows.amax(-1)
+
+
+def _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, dtype, z,
+            return_stats):
+    """The loss, or with `return_stats` its `CrossEntropyStats` (z-loss, lse, accuracy)."""
+    if not return_stats:
+        return loss
+    with torch.no_grad():
+        counted = (R.labels(t.reshape(-1), 1 << 62, ignore)[1] if not t.is_floating_point()
+                   else torch.ones_like(lse, dtype=torch.bool))
+        lse64 = lse.to(torch.float64)
+        z_rows = torch.where(counted, z * lse64 * lse64, torch.zeros_like(lse64))
+        z_loss = _reduce(z_rows, denom, reduction, loss_shape, dtype)
+        n = counted.sum()
+        accuracy = (hits.bool() & counted).sum().to(torch.float64) / n
+    return _spec.CrossEntropyStats(loss, z_loss, lse.reshape(loss_shape).to(dtype), accuracy)
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0, *, backend: str = "auto") -> Tensor:
+                  label_smoothing: float = 0.0, *, softcap: float | None = None,
+                  lse_square_scale: float = 0.0, return_stats: bool = False,
+                  backend: str = "auto") -> Tensor:
     """Cross-entropy with exactly `torch.nn.functional.cross_entropy`'s semantics.
 
     Parameters
@@ -231,13 +265,19 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         As torch, weighted mean included.
     label_smoothing : float, optional
         ε in [0, 1].
+    softcap : float, optional
+        c > 0: the logits become c·tanh(z/c) first (Gemma 2), the gradient through it.
+    lse_square_scale : float, optional
+        s ≥ 0: each counted element adds s·lse² (the z-loss), with its gradient.
+    return_stats : bool, optional
+        Return a `mlecore.CrossEntropyStats` (loss, z_loss, lse, accuracy) of tensors.
     backend : {"auto", "rust", "torch"}, optional
         "auto": the Rust kernels on CPU (forward and backward are operators on the tensors'
         own memory), torch's own operations on other devices.
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or CrossEntropyStats
         The loss, in the input's dtype, carrying autograd (to input, and to probability
         targets).
 
@@ -257,9 +297,16 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     """
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
-    rows = _class_rows(x).matrix
-    loss_rows, _, denom = ops(backend, x).cross_entropy(rows, t, w, ignore, eps)
-    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
+    rows = _softcapped(_class_rows(x).matrix, softcap)
+    if softcap is not None and t.is_floating_point():
+        t = t.to(rows.dtype)
+    loss_rows, lse, denom, hits = ops(backend, x).cross_entropy(rows, t, w, ignore, eps, z)
+    loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+    if return_stats and t.is_floating_point():
+        hits = _prob_hits(rows, t)
+    return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
+                   return_stats)
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -330,7 +377,7 @@ class _PrecomputedGrad(torch.autograd.Function):
         return grad * g.to(grad.dtype), None, None, None
 
 
-def _with_grad_transformable(x, t, w, ignore, eps, reduction, loss_shape, out):
+def _with_grad_transformable(x, t, w, ignore, eps, z, reduction, loss_shape, out):
     """cross_entropy_with_grad under forward-mode AD or a torch.func transform: the loss and
     the gradient as differentiable functions of the input, so that tangents and batching
     reach both."""
@@ -338,11 +385,11 @@ def _with_grad_transformable(x, t, w, ignore, eps, reduction, loss_shape, out):
         raise ValueError("out= cannot be written under forward-mode AD or torch.func "
                          "transforms; leave it out")
     layout = _class_rows(x)
-    loss_rows, lse, denom = TRANSFORMABLE.cross_entropy(layout.matrix, t, w, ignore, eps)
+    loss_rows, lse, denom, _ = TRANSFORMABLE.cross_entropy(layout.matrix, t, w, ignore, eps, z)
     scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
     grad_rows = TRANSFORMABLE.cross_entropy_backward(
         scale.expand(loss_rows.shape), layout.matrix, t.reshape(-1) if not
-        t.is_floating_point() else t, w, lse, ignore, eps)
+        t.is_floating_point() else t, w, lse, ignore, eps, z)
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype), layout.restore(grad_rows)
 
 
@@ -392,6 +439,8 @@ def _check_out(out, x: Tensor, target: Tensor, weight: Tensor | None) -> bool:
 def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
                             ignore_index: int = -100, reduction: str = "mean",
                             label_smoothing: float = 0.0, out: Tensor | None = None, *,
+                            softcap: float | None = None, lse_square_scale: float = 0.0,
+                            return_stats: bool = False,
                             backend: str = "auto") -> tuple[Tensor, Tensor]:
     """The loss and its gradient with respect to the logits from one fused pass.
 
@@ -402,10 +451,12 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     out : torch.Tensor, optional
         Where the gradient goes: a tensor of the input's shape, dtype and device, or the
         input itself (in place; not for an input that requires grad).
+    softcap, lse_square_scale, return_stats
+        As in `cross_entropy`.
 
     Returns
     -------
-    loss : torch.Tensor
+    loss : torch.Tensor or CrossEntropyStats
         As `cross_entropy`; when `input` requires grad and no `out` is given, it carries
         autograd (its backward reuses the computed gradient).
     grad : torch.Tensor
@@ -420,27 +471,38 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     """
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
+    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     if out is not None:
         _check_out(out, x, target, w)
     o = ops(backend, x)
     if o is TRANSFORMABLE:
-        return _with_grad_transformable(x, t, w, ignore, eps, reduction, loss_shape, out)
+        if softcap is not None or return_stats:
+            raise ValueError("softcap and return_stats need the fused pass, which forward-mode "
+                             "AD and torch.func transforms cannot enter: use cross_entropy")
+        return _with_grad_transformable(x, t, w, ignore, eps, z, reduction, loss_shape, out)
     layout = _class_rows(x.detach())
-    rows = layout.matrix
-    direct = out is not None and out.ndim <= 2 and out.is_contiguous()
     with torch.no_grad():
+        rows = _softcapped(layout.matrix, softcap)
+        if softcap is not None and t.is_floating_point():
+            t = t.to(rows.dtype)
+        capped = softcap is not None
+        direct = (out is not None and out.ndim <= 2 and out.is_contiguous()
+                  and out.dtype == rows.dtype)
+        judged = _prob_hits(rows, t) if return_stats and t.is_floating_point() else None
         if backend != "torch" and x.device.type == "cpu":
             rows = rows.contiguous()
             target_rows = out.view(rows.shape) if direct else None
-            loss_rows, _, denom, grad_rows = _rust.cross_entropy_with_grad(
-                rows, t, w, ignore, eps, reduction, target_rows)
+            loss_rows, lse, denom, hits, grad_rows = _rust.cross_entropy_with_grad(
+                rows, t, w, ignore, eps, z, reduction, target_rows)
         else:
-            loss_rows, lse, denom = o.cross_entropy(rows, t, w, ignore, eps)
+            loss_rows, lse, denom, hits = o.cross_entropy(rows, t, w, ignore, eps, z)
             scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
             grad_rows = o.cross_entropy_backward(scale.expand(loss_rows.shape), rows, t, w,
-                                                 lse, ignore, eps)
+                                                 lse, ignore, eps, z)
+        if capped:  # through the cap: d(c·tanh(z/c))/dz = 1 − (s/c)²
+            grad_rows.mul_(1 - (rows / softcap) ** 2)
         loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
-        grad = layout.restore(grad_rows)
+        grad = layout.restore(grad_rows.to(x.dtype))
         if out is not None and not (direct and grad_rows.data_ptr() == out.data_ptr()):
             out.copy_(grad)
             grad = out
@@ -451,7 +513,9 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     if x.requires_grad and out is None and torch.is_grad_enabled():
         def loss_of(xi):
             return cross_entropy(xi, target, weight, ignore_index, reduction, label_smoothing,
-                                 backend=backend)
+                                 softcap=softcap, lse_square_scale=z, backend=backend)
 
         loss = _PrecomputedGrad.apply(x, loss, grad, loss_of)
-    return loss, grad
+    hits = judged if judged is not None else hits
+    return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
+                   return_stats), grad

@@ -135,53 +135,58 @@ def _define(prefix: str, rust: bool) -> OpSet:
     # --- cross-entropy over rows -----------------------------------------------------------
     @torch.library.custom_op(ns + "cross_entropy", mutates_args=())
     def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-                      label_smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
-        """(per-row losses in float64, per-row log-sum-exp, the mean's denominator)."""
+                      label_smoothing: float,
+                      lse_square_scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(per-row losses in float64, per-row log-sum-exp, the mean's denominator, per-row
+        hits: whether the row's class holds its maximum)."""
         _check_labels(target, input.shape[-1], ignore_index)
         t = target if target.is_floating_point() else target.reshape(-1)
-        return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing)
+        return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing,
+                                    lse_square_scale)
 
     @torch.library.custom_op(ns + "cross_entropy_backward", mutates_args=())
     def cross_entropy_backward(grad_rows: Tensor, input: Tensor, target: Tensor,
                                weight: Tensor | None, lse: Tensor, ignore_index: int,
-                               label_smoothing: float) -> Tensor:
+                               label_smoothing: float, lse_square_scale: float) -> Tensor:
         _check_labels(target, input.shape[-1], ignore_index)
         t = target if target.is_floating_point() else target.reshape(-1)
         return R.cross_entropy_backward(grad_rows, input, t, weight, lse, ignore_index,
-                                        label_smoothing).contiguous()
+                                        label_smoothing, lse_square_scale).contiguous()
 
     @cross_entropy.register_fake
-    def _(input, target, weight, ignore_index, label_smoothing):
+    def _(input, target, weight, ignore_index, label_smoothing, lse_square_scale):
         rows = input.shape[0]
         return (input.new_empty(rows, dtype=torch.float64),
                 input.new_empty(rows, dtype=R.compute_dtype(input.dtype)),
-                input.new_empty((), dtype=torch.float64))
+                input.new_empty((), dtype=torch.float64),
+                input.new_empty(rows, dtype=torch.uint8))
 
     @cross_entropy_backward.register_fake
-    def _(grad_rows, input, target, weight, lse, ignore_index, label_smoothing):
+    def _(grad_rows, input, target, weight, lse, ignore_index, label_smoothing,
+          lse_square_scale):
         return input.new_empty(input.shape)
 
     def ce_setup(ctx, inputs, output):
-        input, target, weight, ignore_index, eps = inputs
-        _, lse, denom = output
-        ctx.mark_non_differentiable(lse, denom)
+        input, target, weight, ignore_index, eps, z = inputs
+        _, lse, denom, hits = output
+        ctx.mark_non_differentiable(lse, denom, hits)
         ctx.save_for_backward(input, target, weight, lse)
-        ctx.options = (ignore_index, eps)
+        ctx.options = (ignore_index, eps, z)
 
-    def ce_backward(ctx, grad_rows, _grad_lse, _grad_denom):
+    def ce_backward(ctx, grad_rows, _grad_lse, _grad_denom, _grad_hits):
         x, target, weight, lse = ctx.saved_tensors
-        ignore_index, eps = ctx.options
+        ignore_index, eps, z = ctx.options
         t = target if target.is_floating_point() else target.reshape(-1)
         if torch.is_grad_enabled():
             # A higher derivative: the log-sum-exp must depend on x in the graph.
             lse = R.logsumexp_rows(x.to(R.compute_dtype(x.dtype)))
-            gx = R.cross_entropy_backward(grad_rows, x, t, weight, lse, ignore_index, eps)
+            gx = R.cross_entropy_backward(grad_rows, x, t, weight, lse, ignore_index, eps, z)
         else:
-            gx = cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index, eps)
+            gx = cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index, eps, z)
         gt = None
         if target.is_floating_point() and ctx.needs_input_grad[1]:
             gt = R.cross_entropy_target_grad(grad_rows, x, target, weight, lse, eps)
-        return gx, gt, None, None, None
+        return gx, gt, None, None, None, None
 
     cross_entropy.register_autograd(ce_backward, setup_context=ce_setup)
 
@@ -218,13 +223,14 @@ RUST = _define("", rust=True)
 TORCH = _define("torch_", rust=False)
 
 
-def _checked_rows(input, target, weight, ignore_index, label_smoothing):
+def _checked_rows(input, target, weight, ignore_index, label_smoothing, lse_square_scale):
     # Under vmap a batched target cannot be tested on the host; torch's gather then reports a
     # bad label itself.
     if not torch._C._functorch.is_batchedtensor(target):
         _check_labels(target, input.shape[-1], ignore_index)
     t = target if target.is_floating_point() else target.reshape(-1)
-    return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing)
+    return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing,
+                                lse_square_scale)
 
 
 #: The same operations as plain differentiable torch functions, for forward-mode AD and the

@@ -108,25 +108,29 @@ def _row_weights(x, target, weight, ignore_index, eps):
     return v, a, (valid, y, wy)
 
 
-def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float):
-    """(per-row losses in float64, per-row log-sum-exp, mean denominator as a 0-d float64)."""
+def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float, z: float = 0.0):
+    """(per-row losses in float64, per-row log-sum-exp, mean denominator as a 0-d float64,
+    per-row hits: whether the row's class holds its maximum, as uint8). Counted rows add the
+    z-loss z·lse²."""
     xc = x.to(compute_dtype(x.dtype))
-    classes = xc.shape[-1]
+    classes, rows = xc.shape[-1], xc.shape[0]
     lse = logsumexp_rows(xc)
+    no_hits = torch.zeros(rows, dtype=torch.uint8, device=x.device)
     if classes == 0:
         # No classes: every label was ignored (checked), and a sum over no classes is 0.
-        rows = xc.shape[0]
         denom = float(rows) if target.is_floating_point() else 0.0
         return (torch.zeros(rows, dtype=torch.float64, device=x.device), lse,
-                torch.tensor(denom, dtype=torch.float64, device=x.device))
+                torch.tensor(denom, dtype=torch.float64, device=x.device), no_hits)
     v, a, hard = _row_weights(xc, target, weight, ignore_index, eps)
     poisoned = _poisoned(lse)
+    zloss = z * lse * lse
     if hard is None:
         # 0·(lse − x) is 0 even where x = −inf: a zero probability adds nothing.
         terms = torch.where(v == 0, torch.zeros_like(v), v * (lse.unsqueeze(-1) - xc))
-        loss = torch.where(poisoned, torch.nan, terms.sum(-1))
-        denom = torch.tensor(float(xc.shape[0]), dtype=torch.float64, device=x.device)
-        return loss.to(torch.float64), lse, denom
+        loss = terms.sum(-1) + zloss if z else terms.sum(-1)
+        loss = torch.where(poisoned, torch.nan, loss)
+        denom = torch.tensor(float(rows), dtype=torch.float64, device=x.device)
+        return loss.to(torch.float64), lse, denom, no_hits
     valid, y, wy = hard
     xy = xc.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     loss = (1 - eps) * wy * (lse - xy)
@@ -135,10 +139,13 @@ def cross_entropy_rows(x, target, weight, ignore_index: int, eps: float):
         loss = loss + (eps / classes) * (w * (lse.unsqueeze(-1) - xc)).sum(-1)
     # A row of total weight 0 contributes nothing; a row with +inf or NaN is NaN.
     loss = torch.where(a == 0, torch.zeros_like(loss), loss)
+    if z:
+        loss = loss + zloss
     loss = torch.where(poisoned, torch.nan, loss)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     denom = torch.where(valid, wy, torch.zeros_like(wy)).to(torch.float64).sum()
-    return loss.to(torch.float64), lse, denom
+    hits = (valid & ~poisoned & (xy == xc.amax(-1))).to(torch.uint8)
+    return loss.to(torch.float64), lse, denom, hits
 
 
 def _poisoned(lse: torch.Tensor) -> torch.Tensor:
@@ -146,7 +153,8 @@ def _poisoned(lse: torch.Tensor) -> torch.Tensor:
     return (lse == torch.inf) | torch.isnan(lse)
 
 
-def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
+def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float,
+                           z: float = 0.0):
     """d(Σ grad_rows·loss_rows)/dx: grad_rows·(A·softmax(x) − v); 0 on ignored rows and on
     the softmax term of rows of total weight A = 0; NaN on rows holding +inf or NaN."""
     if x.shape[-1] == 0:
@@ -157,6 +165,8 @@ def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int,
     lse = lse.to(xc.dtype).unsqueeze(-1)
     p = torch.exp(xc - lse)
     a = a.unsqueeze(-1)
+    if z:  # the z-loss z·lse² adds 2·z·lse·softmax
+        a = a + 2 * z * lse
     g = s * torch.where(a == 0, torch.zeros_like(p), a * p)
     if v is not None:
         g = g - s * v

@@ -60,9 +60,9 @@ def _target(target, x):
     return as_numpy(target.detach().reshape(-1).contiguous())
 
 
-def _problem(x, target, weight, ignore_index: int, eps: float) -> CeRows:
+def _problem(x, target, weight, ignore_index: int, eps: float, z: float) -> CeRows:
     """The kernels' row form of a CPU call: numpy views of contiguous tensors."""
-    return CeRows(as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps,
+    return CeRows(as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps, z,
                   tuple(target.shape), x.shape[-1])
 
 
@@ -96,33 +96,40 @@ def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -
     return g.masked_fill_((lse == -torch.inf).unsqueeze(-1), 0.0)
 
 
-def cross_entropy(x, target, weight, ignore_index: int, eps: float):
-    x = _rows(x)
+def _row_outputs(x: torch.Tensor):
     rows = x.shape[0]
-    loss = torch.empty(rows, dtype=torch.float64)
-    lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
-    total, denom = _problem(x, target, weight, ignore_index, eps).forward(as_numpy(loss),
-                                                                          as_numpy(lse))
-    return loss, lse, torch.tensor(denom, dtype=torch.float64)
+    return (torch.empty(rows, dtype=torch.float64),
+            torch.empty(rows, dtype=compute_dtype(x.dtype)),
+            torch.empty(rows, dtype=torch.uint8))
 
 
-def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float):
+def cross_entropy(x, target, weight, ignore_index: int, eps: float, z: float):
+    x = _rows(x)
+    loss, lse, hits = _row_outputs(x)
+    total, denom = _problem(x, target, weight, ignore_index, eps, z).forward(
+        as_numpy(loss), as_numpy(lse), as_numpy(hits))
+    return loss, lse, torch.tensor(denom, dtype=torch.float64), hits
+
+
+def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float,
+                           z: float):
     x = _rows(x)
     g = POOL.empty(x.shape, x.dtype)
     scale = as_numpy(grad_rows.detach().to(torch.float64).contiguous())
-    _problem(x, target, weight, ignore_index, eps).backward(
+    _problem(x, target, weight, ignore_index, eps, z).backward(
         as_numpy(_rows(lse.to(compute_dtype(x.dtype)))), scale, as_numpy(g))
     return g
 
 
-def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, reduction: str,
-                            out: torch.Tensor | None):
-    """The fused pass: (loss rows, lse, denominator, gradient). `out` may be `x` itself."""
-    rows = x.shape[0]
-    loss = torch.empty(rows, dtype=torch.float64)
-    lse = torch.empty(rows, dtype=compute_dtype(x.dtype))
+def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, z: float,
+                            scale, out: torch.Tensor | None):
+    """The fused pass: (loss rows, lse, denominator, hits, gradient), the gradient scaled as
+    the reduction `scale` ("mean", "sum", "none") or by the number `scale`. `out` may be `x`
+    itself."""
+    loss, lse, hits = _row_outputs(x)
     inplace = out is not None and out.data_ptr() == x.data_ptr()
     grad = out if out is not None else torch.empty_like(x)
-    total, denom = _problem(x, target, weight, ignore_index, eps).fused(
-        reduction, None if inplace else as_numpy(grad), as_numpy(loss), as_numpy(lse))
-    return loss, lse, torch.tensor(denom, dtype=torch.float64), grad
+    total, denom = _problem(x, target, weight, ignore_index, eps, z).fused(
+        scale, None if inplace else as_numpy(grad), as_numpy(loss), as_numpy(lse),
+        as_numpy(hits))
+    return loss, lse, torch.tensor(denom, dtype=torch.float64), hits, grad
