@@ -6,6 +6,7 @@ handed to `mlecore.torch`; importing mlecore never imports torch.
 """
 
 from ._config import get_num_threads, set_num_threads, show_config
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from ._losses import cross_entropy, cross_entropy_with_grad, nll_loss
 from ._mlecore import __version__
 from ._spec import CrossEntropyStats
@@ -17,6 +18,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_num_threads",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "nll_loss",

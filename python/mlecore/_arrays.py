@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _spec
+
 try:  # numpy >= 2
     from numpy.lib.array_utils import normalize_axis_tuple
 except ImportError:  # pragma: no cover - numpy 1.x
@@ -117,3 +119,11 @@ def as_rows(arr: np.ndarray, axes: tuple[int, ...]) -> Rows:
     if not matrix.flags.c_contiguous:  # a size-0 or size-1 reshape can still need this
         matrix = np.ascontiguousarray(matrix)
     return Rows(matrix, kept_shape, tshape, perm)
+
+
+def class_weights(weight, n_classes: int, dtype) -> np.ndarray:
+    """`weight` as a contiguous (C,) array of `dtype`; ValueError for another shape."""
+    w = as_float_array(weight, "weight")
+    if w.shape != (n_classes,):
+        raise _spec.weight_shape_error(n_classes, w.shape)
+    return np.ascontiguousarray(w, dtype=dtype)

@@ -47,6 +47,12 @@ class Case:
     title: str
     contenders: list
     note: str = ""
+    unit: str = "GB/s"  # of `Contender.bytes` per second (GFLOP/s where bytes are flops)
+    memory: dict = field(default_factory=dict)  # contender → peak extra bytes, if measured
+    rounds: int = 0  # at most this many timed rounds (0: as many as asked), for long cases
+
+    def repeats(self, repeat: int) -> int:
+        return min(repeat, self.rounds) if self.rounds else repeat
 
 
 def _numpy_logsumexp(x):
@@ -211,7 +217,9 @@ def build_cases(quick: bool, torch, F, sp):
             Contender("mlecore.torch forward+backward", cuda_fb(mt.cross_entropy), 2 * nb),
             Contender("torch forward+backward", cuda_fb(F.cross_entropy), 2 * nb),
         ]))
-    return cases
+    from ._bench_linear import linear_cases
+
+    return cases + linear_cases(quick, torch, Case, Contender)
 
 
 def measure(cases, repeat: int, progress) -> list[Result]:
@@ -220,7 +228,7 @@ def measure(cases, repeat: int, progress) -> list[Result]:
         for c in case.contenders:  # warm-up: page faults, torch's first-call setup
             c.fn()
         times = {c.name: [] for c in case.contenders}
-        for _ in range(repeat):
+        for _ in range(case.repeats(repeat)):
             for c in case.contenders:  # alternating, so drift hits every contender alike
                 t0 = time.perf_counter()
                 c.fn()
@@ -245,12 +253,17 @@ def table(cases, results) -> str:
         ceiling = next((r for r in rs if r.role == "ceiling"), None)
         lines.append(f"\n**{case.title}**" + (f" — {case.note}" if case.note else ""))
         lines.append("")
-        lines.append("| contender | median ms | GB/s | of ceiling | mlecore's speedup |")
-        lines.append("|---|---:|---:|---:|---:|")
+        mem = " peak extra MiB |" if case.memory else ""
+        lines.append(f"| contender | median ms | {case.unit} | of ceiling | mlecore's speedup |"
+                     + mem)
+        lines.append("|---|---:|---:|---:|---:|" + ("---:|" if mem else ""))
         for r in rs:
             frac = f"{r.gbs / ceiling.gbs:.2f}" if ceiling and r.role != "ceiling" else ""
-            speed = "" if r is ours or r.role == "ceiling" else f"{r.ms / ours.ms:.1f}×"
-            lines.append(f"| {r.name} | {r.ms:.2f} | {r.gbs:.1f} | {frac} | {speed} |")
+            # Two digits where the ratios are close (the fused linear loss against BLAS).
+            digits = 2 if case.memory else 1
+            speed = "" if r is ours or r.role == "ceiling" else f"{r.ms / ours.ms:.{digits}f}×"
+            peak = f" {case.memory[r.name] / 2**20:.0f} |" if mem else ""
+            lines.append(f"| {r.name} | {r.ms:.2f} | {r.gbs:.1f} | {frac} | {speed} |" + peak)
     return "\n".join(lines)
 
 
@@ -295,7 +308,7 @@ def run(quick=False, plot=None, json_path=None, repeat=None) -> int:
     torch.set_num_threads(threads)
     repeat = repeat or (3 if quick else 9)
     cases = build_cases(quick, torch, F, sp)
-    total = repeat * sum(len(c.contenders) for c in cases)
+    total = sum(c.repeats(repeat) * len(c.contenders) for c in cases)
     try:
         from tqdm import tqdm
 
@@ -315,7 +328,7 @@ def run(quick=False, plot=None, json_path=None, repeat=None) -> int:
     header = (f"mlecore {_ext.__version__} · {time.strftime('%Y-%m-%d')} · {_cpu_name()} · "
               f"{os.cpu_count()} cores · {threads} threads (mlecore and torch) · SIMD "
               f"{_ext.simd_tier()} · torch {torch.__version__} · numpy {np.__version__} · "
-              f"medians of {repeat} alternating runs")
+              f"medians of {repeat} alternating runs (of at most 3 for the linear heads)")
     print(header)
     print(table(cases, results))
     if not torch.cuda.is_available():

@@ -8,16 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _spec
-from ._arrays import as_float_array, as_rows, compute_dtype, label_mask, native
+from ._arrays import as_float_array, as_rows, class_weights, compute_dtype, label_mask, native
 from ._kernels import CeRows, check_labels
-
-
-def class_weights(weight, n_classes: int, dtype) -> np.ndarray:
-    """`weight` as a contiguous (C,) array of `dtype`; ValueError for another shape."""
-    w = as_float_array(weight, "weight")
-    if w.shape != (n_classes,):
-        raise _spec.weight_shape_error(n_classes, w.shape)
-    return np.ascontiguousarray(w, dtype=dtype)
 
 
 class Problem:

@@ -19,12 +19,15 @@ from ._functional import (
     nll_loss,
     softmax,
 )
-from ._module import CrossEntropyLoss
+from ._linear import linear_cross_entropy
+from ._module import CrossEntropyLoss, LinearCrossEntropyLoss
 
 __all__ = [
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "nll_loss",
