@@ -150,14 +150,14 @@ def test_bad_input_gets_clear_errors(rng):
 
 
 def test_chunk_rule():
-    # At least 1024 rows (the products' speed), 128 MiB where rows are short, at most 512 MiB;
-    # spread evenly; never more rows than there are.
+    # 2048 rows (the products' speed) up to 256 MiB, 128 MiB where rows are short; spread
+    # evenly; never more rows than there are.
     assert _linear_chunks.chunk_rows(2048, 50257, 4, None) == 1024
-    assert _linear_chunks.chunk_rows(8192, 32000, 4, None) == 1024
+    assert _linear_chunks.chunk_rows(8192, 32000, 4, None) == 2048
     assert _linear_chunks.chunk_rows(3000, 50257, 4, None) == 1000
     assert _linear_chunks.chunk_rows(10, 50257, 4, None) == 10
     assert _linear_chunks.chunk_rows(0, 50257, 4, None) == 1
-    assert _linear_chunks.chunk_rows(4096, 262144, 4, None) == 512
+    assert _linear_chunks.chunk_rows(4096, 262144, 4, None) == 256
     assert _linear_chunks.chunk_rows(100, 10**9, 4, None) == 15  # 7 chunks of at most 16
     assert _linear_chunks.chunk_rows(10**7, 10, 4, None) == 10**7 // 3 + 1
     assert _linear_chunks.chunk_rows(100, 10, 4, 7) == 7
@@ -178,6 +178,6 @@ def test_memory_stays_one_chunk_where_the_logits_would_be_large(rng):
         tracemalloc.stop()
     materialized = 2 * n * c * 4
     chunk = _linear_chunks.chunk_rows(n, c, 4, None) * c * 4
-    assert chunk == 128 << 20
+    assert chunk == 256 << 20
     assert peak <= chunk + 64 * n + (4 << 20), (peak, chunk)
     assert peak * 8 <= materialized, (peak, materialized)

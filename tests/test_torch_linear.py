@@ -154,6 +154,7 @@ def test_options_batch_chunk_size_is_honored():
     opts = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=3)
     assert _linear._chunk(opts, None, 100, 50, torch.float32) == 3
     assert _linear._chunk(None, None, 2048, 50257, torch.float32) == 1024
+    assert _linear._chunk(None, None, 8192, 32000, torch.float32) == 2048
     x, w, _, t = _problem(bias=False)
     torch.testing.assert_close(mt.linear_cross_entropy(x, w, t, options=opts),
                                F.linear_cross_entropy(x, w, t, options=opts))
@@ -277,7 +278,7 @@ def test_bad_input_gets_clear_errors():
 
 def test_peak_memory_is_one_chunk_not_the_logits():
     # The logits would be 2 GiB in float32. mlecore's forward and backward add one chunk of
-    # them (128 MiB), the weight's gradient (4 MiB), per-row results, and the BLAS libraries'
+    # them (256 MiB), the weight's gradient (4 MiB), per-row results, and the BLAS libraries'
     # working buffers (about 55 MiB for each of numpy's and scipy's OpenBLAS, allocated on
     # first use). Measured as the rise of a fresh process's peak resident size, as the bench
     # measures it, against the materialized F.linear + F.cross_entropy.
@@ -288,3 +289,23 @@ def test_peak_memory_is_one_chunk_not_the_logits():
     theirs = _bench_linear.peak_extra_bytes("torch-plain", n, d, c)
     assert theirs >= 2 * n * c * 4, theirs  # the logits and their gradient, seen
     assert ours * 8 <= theirs, (ours, theirs)
+
+
+def test_incoming_gradients_scale_the_precomputed_ones():
+    x, w, b, t = _problem()
+    loss = mt.linear_cross_entropy(x, w, t, linear_bias=b, reduction="sum")
+    got = torch.autograd.grad(loss * -2.5, (x, w, b))
+    want = F.linear_cross_entropy(x, w, t, linear_bias=b, reduction="sum")
+    for g, e in zip(got, torch.autograd.grad(want * -2.5, (x, w, b)), strict=True):
+        torch.testing.assert_close(g, e)
+
+
+def test_the_numpy_functions_hand_tensors_to_mlecore_torch():
+    import mlecore
+
+    x, w, b, t = _problem()
+    torch.testing.assert_close(mlecore.linear_cross_entropy(x, w, t, b, label_smoothing=0.1),
+                               mt.linear_cross_entropy(x, w, t, linear_bias=b,
+                                                       label_smoothing=0.1))
+    with pytest.raises(TypeError, match="mlecore.torch.linear_cross_entropy"):
+        mlecore.linear_cross_entropy_with_grad(x, w, t)

@@ -7,7 +7,6 @@ resident size over the inputs), since a process's peak only grows.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 
@@ -78,10 +77,11 @@ def contender(which: str, x, w, y):
 
 
 def peak_extra_bytes(which: str, n: int, d: int, v: int) -> int:
-    """The rise of a fresh process's peak resident memory over its inputs during one call,
-    after a warm-up call on a small problem (first-call setup is not counted; the BLAS
-    libraries' working buffers, about 55 MiB for each of numpy's and scipy's OpenBLAS at
-    these sizes, are)."""
+    """The rise of a fresh process's resident memory over what it held before one call (the
+    inputs, and buffers it had already allocated and not yet touched count in) to the peak
+    of the call, after a warm-up call on a small problem. First-call setup is not counted;
+    the BLAS libraries' working buffers, about 55 MiB for each of numpy's and scipy's
+    OpenBLAS at these sizes, are."""
     code = ("import sys; from mlecore import _bench_linear as b; "
             "print(b._peak_here(sys.argv[1], *map(int, sys.argv[2:])))")
     out = subprocess.run([sys.executable, "-c", code, which, str(n), str(d), str(v)],
@@ -89,12 +89,24 @@ def peak_extra_bytes(which: str, n: int, d: int, v: int) -> int:
     return int(out.stdout.split()[-1])
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
 def _peak_here(which: str, n: int, d: int, v: int) -> int:
     contender(which, *data(min(n, 256), d, min(v, 1024)))()
     run = contender(which, *data(n, d, v))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux: writing 5 resets the peak resident size (VmHWM) to the current one, so that
+    # allocations made while preparing the inputs do not count.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kib("VmRSS")
     run()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return (_status_kib("VmHWM") - before) * 1024
 
 
 def linear_cases(quick: bool, torch, Case, Contender):

@@ -101,8 +101,8 @@ def linear_cross_entropy(x, w, target, bias=None, *, weight=None, ignore_index=-
     return_stats
         As in `mlecore.cross_entropy`.
     chunk_size : int, optional
-        Rows per chunk; by default at least 1024 rows (fewer only where that passes
-        512 MiB of logits), or logits of 128 MiB where rows are short.
+        Rows per chunk; by default 2048 rows (fewer where that passes 256 MiB of logits,
+        more where rows are short: logits of 128 MiB), spread evenly over the chunks.
 
     Returns
     -------

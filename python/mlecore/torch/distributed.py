@@ -1,0 +1,245 @@
+"""Vocabulary-parallel cross-entropy on `torch.distributed`: each rank holds the logits of its
+own slice of the classes, and every rank gets the loss over all of them.
+
+The algebra: a row's log-sum-exp over the whole vocabulary is the log-sum-exp of the ranks'
+partial ones, and the loss's other terms (the target's logit and weight, the weighted sum of
+logits that label smoothing needs) are sums over the ranks. So one `all_gather` of a few
+float64 per row carries everything, and the backward pass needs none: each rank's gradient is
+its slice of the full gradient, softmax(x − lse) from the saved global log-sum-exp, computed
+by the Rust kernel on CPU.
+
+The anchors need more collectives: Megatron's vocab-parallel cross-entropy three all-reduces
+(max, target logit, sum of exponentials), torch's `loss_parallel` three, flash-attn's two.
+Megatron also smooths labels over each partition instead of the vocabulary (about 1% off
+under tensor parallelism, Megatron-DeepSpeed #394); here the smoothing is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .. import _spec
+from . import _reference as R
+from . import _rust
+from ._functional import _class_rows, _float_input, _reduce, _target_kind
+
+#: Columns of the gathered per-row payload.
+_LSE, _XY, _WY, _WX, _Y = range(5)
+_WIDTH = 5
+#: Columns of the header row: this rank's first class, its class count, Σ of its weights.
+_START, _SIZE, _WSUM = range(3)
+
+#: Class counts per process group, exchanged on the first call without `class_start`.
+_SIZES: dict = {}
+
+
+def _group_key(group) -> object:
+    return ("default" if group is None else id(group), dist.get_world_size(group))
+
+
+def _starts(group, size: int, device) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Every rank's first class when the ranks hold consecutive slices in rank order: the
+    class counts are exchanged once per group (one small all_gather), then reused; a later
+    change of sizes is caught after the call's one collective, on every rank."""
+    key = _group_key(group)
+    if key not in _SIZES:
+        mine = torch.tensor([size], dtype=torch.int64, device=device)  # NCCL: on the GPU
+        sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(sizes, mine, group=group)
+        _SIZES[key] = tuple(int(s) for s in sizes)
+    sizes = _SIZES[key]
+    return tuple(sum(sizes[:r]) for r in range(len(sizes))), sizes
+
+
+def _local_lse(x: Tensor) -> Tensor:
+    if x.shape[-1] == 0:
+        return torch.full(x.shape[:-1], -torch.inf, dtype=x.dtype, device=x.device)
+    if x.device.type == "cpu":
+        return _rust.logsumexp(x)
+    return R.logsumexp_rows(x)
+
+
+class _VocabParallel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, weight, start, ignore, eps, z, group, expected, target_shape):
+        """x: (R, C_local) capped logits in the compute dtype; y: (R,) global int64 labels.
+        Returns per-row losses (float64) and the mean's denominator."""
+        rows, size = x.shape
+        valid = y != ignore
+        local = valid & (y >= start) & (y < start + size)
+        yl = torch.where(local, y - start, 0)
+        w = torch.ones(size, dtype=x.dtype, device=x.device) if weight is None else \
+            weight.to(x.dtype)
+        payload = torch.zeros(rows + 1, _WIDTH, dtype=torch.float64, device=x.device)
+        payload[0, _START], payload[0, _SIZE] = start, size
+        payload[0, _WSUM] = w.to(torch.float64).sum()
+        lse_local = _local_lse(x)
+        payload[1:, _LSE] = lse_local.to(torch.float64)
+        if size:
+            xy = x.gather(1, yl.unsqueeze(1)).squeeze(1).to(torch.float64)
+            payload[1:, _XY] = torch.where(local, xy, 0.0)
+            payload[1:, _WY] = torch.where(local, w[yl].to(torch.float64), 0.0)
+            if eps:
+                payload[1:, _WX] = (x.to(torch.float64) @ w.to(torch.float64))
+        payload[1:, _Y] = y.to(torch.float64)
+        world = dist.get_world_size(group)
+        gathered = [torch.empty_like(payload) for _ in range(world)]
+        dist.all_gather(gathered, payload, group=group)  # the one collective
+        g = torch.stack(gathered)  # (world, R + 1, width), the same on every rank
+        classes = _check_gathered(g, y, ignore, expected, target_shape, _group_key(group))
+        parts = g[:, 1:]
+        lse = torch.logsumexp(parts[..., _LSE], dim=0)
+        xy, wy = parts[..., _XY].sum(0), parts[..., _WY].sum(0)
+        wsum, wx = g[:, 0, _WSUM].sum(), parts[..., _WX].sum(0)
+        smooth = eps / classes if classes else 0.0
+        a = (1 - eps) * wy + smooth * wsum
+        loss = (1 - eps) * wy * (lse - xy)
+        if eps:
+            loss = loss + smooth * (wsum * lse - wx)
+        loss = torch.where(a == 0, 0.0, loss)
+        if z:
+            loss = loss + z * lse * lse
+        poisoned = (lse == torch.inf) | torch.isnan(lse)
+        loss = torch.where(poisoned, torch.nan, loss)
+        loss = torch.where(valid, loss, 0.0)
+        denom = torch.where(valid, wy, 0.0).sum()
+        ctx.save_for_backward(x, yl, local, valid, w, lse, lse_local, a)
+        ctx.options = (eps, z, smooth)
+        ctx.mark_non_differentiable(denom)
+        return loss, denom
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_denom):
+        """This rank's slice of the gradient; no collective."""
+        x, yl, local, valid, w, lse, lse_local, a = ctx.saved_tensors
+        eps, z, smooth = ctx.options
+        s = torch.where(valid, grad_rows, 0.0)
+        if z:
+            a = a + 2 * z * lse
+        # softmax over the whole vocabulary = the local softmax · e^(lse_local − lse).
+        empty = lse_local == -torch.inf  # all −inf here: no probability on this rank
+        factor = (s * a * torch.exp(lse_local.to(torch.float64) - lse)).to(x.dtype)
+        factor = torch.where((a == 0) | empty, 0.0, factor)
+        if x.device.type == "cpu" and x.shape[-1]:
+            g = _rust.softmax(x)
+        else:
+            g = torch.softmax(x, dim=-1) if x.shape[-1] else torch.zeros_like(x)
+        g.masked_fill_(empty.unsqueeze(1), 0.0)
+        g.mul_(factor.unsqueeze(1))
+        if eps:
+            g.sub_((s * smooth).to(x.dtype).unsqueeze(1) * w)
+        if x.shape[-1]:
+            hot = torch.where(local, s * (1 - eps) * w[yl].to(torch.float64), 0.0)
+            g.scatter_add_(1, yl.unsqueeze(1), -hot.to(x.dtype).unsqueeze(1))
+        poisoned = (lse == torch.inf) | torch.isnan(lse)
+        g = torch.where((poisoned & valid).unsqueeze(1), torch.nan, g)
+        return g, *[None] * 9
+
+
+def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
+                    key) -> int:
+    """Checks what every rank sees alike (so every rank raises alike, and none hangs): the
+    ranks' slices tile the classes, the targets agree, every label is in range. Returns
+    the class count."""
+    starts = [int(v) for v in g[:, 0, _START]]
+    sizes = [int(v) for v in g[:, 0, _SIZE]]
+    if expected is not None and tuple(sizes) != expected:
+        _SIZES[key] = tuple(sizes)  # every rank sees these: the next call agrees again
+        raise ValueError(f"the ranks' class counts changed from {list(expected)} to {sizes} "
+                         "since the sizes were last exchanged; this call is void, the next one "
+                         "uses the new sizes (or pass class_start=)")
+    edge = 0
+    for s, n in sorted(zip(starts, sizes, strict=True)):
+        if s != edge:
+            raise ValueError(f"the ranks' classes must tile [0, C) without gaps or overlap: "
+                             f"got slices starting at {starts} of sizes {sizes}")
+        edge = s + n
+    targets = g[:, 1:, _Y]
+    differ = (targets != targets[:1]).any(dim=0)
+    if bool(differ.any()):
+        row = int(differ.nonzero()[0, 0])
+        values = [int(v) for v in targets[:, row]]
+        raise RuntimeError(f"target differs between ranks: row {row} holds {values} on ranks "
+                           f"0..{len(values) - 1}; every rank must pass the same target")
+    _, valid, bad = R.labels(y, edge, ignore)
+    if y.numel() and bool(bad.any()):
+        position = int(bad.nonzero()[0, 0])
+        raise _spec.label_error(position, int(y[position]), target_shape, edge, ignore)
+    return edge
+
+
+def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
+                  class_start: int | None = None, weight: Tensor | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0, softcap: float | None = None,
+                  lse_square_scale: float = 0.0) -> Tensor:
+    """Cross-entropy over a vocabulary split across the ranks of a process group.
+
+    Parameters
+    ----------
+    local_logits : torch.Tensor
+        (N, C_local), (C_local,) or (N, C_local, d1, ..., dk): this rank's classes
+        [class_start, class_start + C_local).
+    target : torch.Tensor
+        Global class indices (any integer dtype), identical on every rank.
+    group : ProcessGroup, optional
+        The group whose ranks split the classes (default: the default group).
+    class_start : int, optional
+        This rank's first class. By default the ranks hold consecutive slices in rank
+        order, of sizes that may differ (exchanged once per group).
+    weight : torch.Tensor, optional
+        This rank's slice of the class weights, (C_local,).
+    ignore_index, reduction, label_smoothing, softcap, lse_square_scale
+        As in `mlecore.torch.cross_entropy`, over the whole vocabulary (label smoothing
+        included: ε/C with C all the classes).
+
+    Returns
+    -------
+    torch.Tensor
+        The same loss on every rank, equal to `cross_entropy` of the concatenated logits;
+        its gradient (no collective) is this rank's slice of the full gradient.
+
+    Raises
+    ------
+    IndexError
+        A label outside [0, C) that is not `ignore_index`, on every rank.
+    RuntimeError
+        Targets that differ between ranks (naming the first differing row), on every rank.
+
+    Notes
+    -----
+    One `all_gather` of five float64 per row (plus a header) in the forward pass, none in
+    the backward pass. The checks run after that collective, on what every rank sees alike,
+    so that a bad call raises on every rank and never leaves one waiting in a collective.
+
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist, mlecore.torch.distributed as mtd
+    >>> # on each of the ranks of an initialized process group:
+    >>> # loss = mtd.cross_entropy(local_logits, target); loss.backward()
+    """
+    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
+    x = _float_input(local_logits, "local_logits")
+    if not _target_kind(target):
+        raise TypeError("mlecore.torch.distributed.cross_entropy takes class indices; "
+                        f"got a target of dtype {target.dtype}")
+    _, loss_shape = _spec.class_layout(x.shape, target.shape, True)
+    layout = _class_rows(x)
+    size = layout.matrix.shape[1]
+    if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (size,)):
+        raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
+    expected = None
+    if class_start is None:
+        starts, expected = _starts(group, size, x.device)
+        class_start = starts[dist.get_rank(group)]
+    rows = layout.matrix.to(R.compute_dtype(x.dtype))
+    if softcap is not None:
+        rows = softcap * torch.tanh(rows / softcap)
+    y = R.wide_labels(target.reshape(-1))
+    loss_rows, denom = _VocabParallel.apply(rows.contiguous(), y, weight, int(class_start),
+                                            ignore, eps, z, group, expected,
+                                            tuple(target.shape))
+    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)

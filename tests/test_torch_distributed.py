@@ -1,0 +1,174 @@
+"""Vocabulary-parallel cross-entropy on real processes (gloo on 127.0.0.1, a file store):
+every rank's loss equals the single-process loss of the concatenated logits, every rank's
+gradient is its slice of the single-process gradient, one collective per forward pass and
+none in the backward, errors on every rank and never a hang (a stuck run fails on a
+timeout), and a tensor-parallel training run that follows the single-process one."""
+
+import datetime
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import mlecore.torch as mt
+import mlecore.torch.distributed as mtd
+
+TIMEOUT = 240
+
+CONFIGS = [
+    {},
+    {"reduction": "sum"},
+    {"reduction": "none"},
+    {"label_smoothing": 0.2},
+    {"weight": True, "label_smoothing": 0.1},
+    {"softcap": 2.5, "lse_square_scale": 1e-2},
+    {"ignore_index": 4, "weight": True},
+]
+
+
+def _run(world, fn, *args):
+    """Runs fn(rank, world, *args) on `world` processes of one gloo group; fails (and stops
+    them) past TIMEOUT seconds instead of hanging."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(_entry, args=(world, f"{tmp}/store", fn, args), nprocs=world,
+                                 join=False, start_method="spawn")
+        deadline = time.monotonic() + TIMEOUT
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"{world} ranks did not finish in {TIMEOUT} s")
+
+
+def _entry(rank, world, store, fn, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+class _Counted:
+    """Counts the collectives mlecore issues (the module calls torch.distributed's)."""
+
+    def __init__(self):
+        self.calls = 0
+        self._gather = dist.all_gather
+
+    def __enter__(self):
+        def counted(*a, **k):
+            self.calls += 1
+            return self._gather(*a, **k)
+
+        dist.all_gather = counted
+        return self
+
+    def __exit__(self, *exc):
+        dist.all_gather = self._gather
+
+
+def _agreement(rank, world, sizes, dtype):
+    g = torch.Generator().manual_seed(7)
+    c = sum(sizes)
+    start = sum(sizes[:rank])
+    n = 23
+    full = torch.randn(n, c, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, c, (n,), generator=g)
+    y[::5] = -100
+    cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    with _Counted() as first:  # the first call also exchanges the class counts, once
+        mtd.cross_entropy(full[:, start:start + sizes[rank]].to(dtype), y)
+    assert first.calls == 2, first.calls
+    for cfg in CONFIGS:
+        kw = dict(cfg)
+        labels = y
+        if "ignore_index" in kw:
+            labels = torch.where(y == -100, kw["ignore_index"], y)
+        weight = kw.pop("weight", None) and cw.to(dtype)
+        xl = full[:, start:start + sizes[rank]].to(dtype).clone().requires_grad_()
+        with _Counted() as forward:
+            loss = mtd.cross_entropy(xl, labels, weight=None if weight is None else
+                                     weight[start:start + sizes[rank]], **kw)
+        xf = full.to(dtype).clone().requires_grad_()
+        ref = mt.cross_entropy(xf, labels, weight=weight, **kw)
+        torch.testing.assert_close(loss, ref, **tol)
+        with _Counted() as backward:
+            (loss.sum() * 1.5).backward()
+        (ref.sum() * 1.5).backward()
+        torch.testing.assert_close(xl.grad, xf.grad[:, start:start + sizes[rank]], **tol)
+        assert forward.calls == 1, forward.calls
+        assert backward.calls == 0, backward.calls
+    # K-dimensional logits and class_start given explicitly.
+    xk = torch.randn(4, c, 3, generator=g, dtype=torch.float64)
+    yk = torch.randint(0, c, (4, 3), generator=g)
+    got = mtd.cross_entropy(xk[:, start:start + sizes[rank]], yk, class_start=start,
+                            reduction="none")
+    torch.testing.assert_close(got, mt.cross_entropy(xk, yk, reduction="none"))
+
+
+def _errors(rank, world, sizes):
+    c = sum(sizes)
+    start = sum(sizes[:rank])
+    x = torch.randn(6, sizes[rank])
+    y = torch.tensor([0, 1, 2, c - 1, 3, -100])
+    bad = y.clone()
+    bad[3] = c
+    with pytest.raises(IndexError, match=rf"target\[3\] = {c}"):
+        mtd.cross_entropy(x, bad)
+    differ = y.clone()
+    if rank == world - 1:
+        differ[4] = 0
+    with pytest.raises(RuntimeError, match="target differs between ranks: row 4"):
+        mtd.cross_entropy(x, differ)
+    with pytest.raises(ValueError, match="tile"):
+        mtd.cross_entropy(x, y, class_start=start + 1)
+    mtd.cross_entropy(x, y)  # the group still works after every error
+
+
+def _training(rank, world, sizes):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0)
+    y = torch.tensor(data.target)
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(10, 64, generator=g, dtype=torch.float64) * 0.01
+    start = sum(sizes[:rank])
+    mine = w0[start:start + sizes[rank]].clone().requires_grad_()
+    full = w0.clone().requires_grad_()
+    for _ in range(300):
+        loss = mtd.cross_entropy(x @ mine.T, y, label_smoothing=0.05)
+        loss.backward()
+        ref = mt.cross_entropy(x @ full.T, y, label_smoothing=0.05)
+        ref.backward()
+        torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            mine -= 0.5 * mine.grad
+            full -= 0.5 * full.grad
+        mine.grad = full.grad = None
+    torch.testing.assert_close(mine.detach(), full.detach()[start:start + sizes[rank]])
+    assert ref < 0.5  # it learned
+
+
+@pytest.mark.parametrize("sizes", [(11,), (3, 8), (5, 0, 6), (4, 1, 7, 2)])
+def test_every_rank_gets_the_single_process_loss_and_its_gradient_slice(sizes):
+    _run(len(sizes), _agreement, sizes, torch.float64)
+
+
+def test_float32_shards():
+    _run(2, _agreement, (9, 4), torch.float32)
+
+
+def test_bad_calls_raise_on_every_rank_and_never_hang():
+    _run(3, _errors, (4, 3, 5))
+
+
+def test_tensor_parallel_training_follows_the_single_process_run():
+    _run(2, _training, (6, 4))
