@@ -157,6 +157,48 @@ def _training(rank, world, sizes):
     assert ref < 0.5  # it learned
 
 
+def _linear_and_dtensor(rank, world, sizes):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    g = torch.Generator().manual_seed(3)
+    c = sum(sizes)
+    start = sum(sizes[:rank])
+    x = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(c, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (9,), generator=g)
+    xs = x.clone().requires_grad_()
+    ws = w[start:start + sizes[rank]].clone().requires_grad_()
+    bs = b[start:start + sizes[rank]].clone().requires_grad_()
+    loss = mtd.linear_cross_entropy(xs, ws, y, local_bias=bs, label_smoothing=0.1)
+    with _Counted() as gathers:
+        loss.backward()
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    ref = mt.linear_cross_entropy(xr, wr, y, linear_bias=br, label_smoothing=0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(xs.grad, xr.grad)  # summed over the ranks
+    torch.testing.assert_close(ws.grad, wr.grad[start:start + sizes[rank]])
+    torch.testing.assert_close(bs.grad, br.grad[start:start + sizes[rank]])
+    assert gathers.calls == 0
+    # A DTensor sharded over classes, as torch's loss_parallel takes it.
+    mesh = init_device_mesh("cpu", (world,))
+    logits = torch.randn(7, 10, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 10, (7,), generator=g)
+    dt = distribute_tensor(logits, mesh, [Shard(1)]).requires_grad_()
+    got = mtd.cross_entropy(dt, labels, label_smoothing=0.2)
+    got.backward()
+    full = logits.clone().requires_grad_()
+    want = mt.cross_entropy(full, labels, label_smoothing=0.2)
+    want.backward()
+    torch.testing.assert_close(got, want)
+    mine = dt.grad.to_local()
+    piece = -(-10 // world)
+    lo = min(rank * piece, 10)
+    torch.testing.assert_close(mine, full.grad[:, lo:lo + mine.shape[1]])
+
+
 @pytest.mark.parametrize("sizes", [(11,), (3, 8), (5, 0, 6), (4, 1, 7, 2)])
 def test_every_rank_gets_the_single_process_loss_and_its_gradient_slice(sizes):
     _run(len(sizes), _agreement, sizes, torch.float64)
@@ -172,3 +214,7 @@ def test_bad_calls_raise_on_every_rank_and_never_hang():
 
 def test_tensor_parallel_training_follows_the_single_process_run():
     _run(2, _training, (6, 4))
+
+
+def test_tensor_parallel_head_and_sharded_dtensors():
+    _run(3, _linear_and_dtensor, (4, 6, 3))

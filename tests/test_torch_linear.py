@@ -257,6 +257,8 @@ def test_bad_input_gets_clear_errors():
         mt.linear_cross_entropy(x[:, :3], w, t)
     with pytest.raises(RuntimeError, match="expected linear_bias shape"):
         mt.linear_cross_entropy(x, w, t, linear_bias=b[:3])
+    with pytest.raises(RuntimeError, match="same dtype"):
+        mt.linear_cross_entropy(x, w.double(), t)
     with pytest.raises(RuntimeError, match="dimensionality 1 or 2"):
         mt.linear_cross_entropy(x[None], w, t)
     bad = t.clone()
@@ -309,3 +311,17 @@ def test_the_numpy_functions_hand_tensors_to_mlecore_torch():
                                                        label_smoothing=0.1))
     with pytest.raises(TypeError, match="mlecore.torch.linear_cross_entropy"):
         mlecore.linear_cross_entropy_with_grad(x, w, t)
+
+
+def test_torch_func_transforms_take_the_reference_path():
+    x, w, b, t = _problem(n=5, d=3, c=4)
+    x, w = x.detach(), w.detach()
+
+    def f(w):
+        return mt.linear_cross_entropy(x, w, t, label_smoothing=0.1)
+
+    def g(w):
+        return F.linear_cross_entropy(x, w, t, label_smoothing=0.1)
+
+    torch.testing.assert_close(torch.func.grad(f)(w), torch.func.grad(g)(w))
+    torch.testing.assert_close(torch.func.hessian(f)(w), torch.func.hessian(g)(w))

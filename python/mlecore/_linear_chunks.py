@@ -39,7 +39,8 @@ def chunk_rows(n: int, classes: int, itemsize: int, chunk_size: int | None) -> i
 
 
 def _gemm():
-    """scipy's BLAS (gemm with beta = 1 adds into dw in place), or None without scipy."""
+    """scipy's BLAS (gemm with beta = 1 adds into dw in place), or None without scipy (the
+    numpy API needs only numpy: then each chunk's gᵀ·x goes through a temporary)."""
     try:
         from scipy.linalg import blas
     except ImportError:  # pragma: no cover - scipy is a test dependency
@@ -57,7 +58,9 @@ def add_outer(dw: np.ndarray, g: np.ndarray, xc: np.ndarray, blas, first: bool) 
             and xc.flags.c_contiguous and dw.dtype in (np.float32, np.float64):
         gemm = blas.sgemm if dw.dtype == np.float32 else blas.dgemm
         # dwᵀ (D, C) ← xcᵀ (D, B) · g (B, C) + dwᵀ; every operand is Fortran-ordered as given.
-        gemm(1.0, xc.T, g.T, beta=1.0, c=dw.T, trans_b=1, overwrite_c=1)
+        out = gemm(1.0, xc.T, g.T, beta=1.0, c=dw.T, trans_b=1, overwrite_c=1)
+        if not np.shares_memory(out, dw):  # f2py copied c after all: put the sum back
+            dw[...] = out.T
     else:
         dw += g.T @ xc
 
@@ -175,8 +178,11 @@ def run(p: Linear, stats: bool, grads: Grads | None = None) -> Pass:
         # The gradient of the chunk's logits: in place over them, or (soft-capped) into zc,
         # the capped values kept in `logits` for the chain rule.
         rows.fused(scale, None if logits is zc else zc, loss[i:j], lse[i:j], h)
-        if logits is not zc:
-            zc *= 1 - (logits / p.softcap) ** 2
+        if logits is not zc:  # 1 − (s/c)², in the capped values' own buffer
+            np.divide(logits, p.softcap, out=logits)
+            np.square(logits, out=logits)
+            np.subtract(1.0, logits, out=logits)
+            zc *= logits
         if g.row_scale is not None:
             zc *= g.row_scale[i:j, None].astype(cdt)
         if g.dx is not None:

@@ -120,6 +120,10 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if linear_bias is not None:
         _float_input(linear_bias, "linear_bias")
     classes, out_features = _check_shapes(x, lw, linear_bias)
+    for name, t in (("linear_weight", lw), ("linear_bias", linear_bias)):
+        if t is not None and t.dtype != x.dtype:  # torch's F.linear refuses it too
+            raise RuntimeError(f"expected input and {name} to have the same dtype, got "
+                               f"{x.dtype} and {t.dtype}")
     is_index = _target_kind(target)
     logits_shape = (*x.shape[:-1], classes, *out_features)
     if tuple(target.shape) == logits_shape and not is_index:
@@ -134,7 +138,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
             _same_device(t, x, name)
     _, loss_shape = _spec.class_layout(logits_shape, target.shape, is_index)
     chunk = _chunk(options, chunk_size, math.prod(x.shape[:-1]), classes, x.dtype)
-    if out_features or _transformed(x) or (not is_index and target.requires_grad):
+    transformed = any(_transformed(t) for t in (x, lw, linear_bias) if t is not None)
+    if out_features or transformed or (not is_index and target.requires_grad):
         # torch's reference composition: the logits exist (K-dimensional logits, a torch.func
         # transform, or a gradient to the target).
         logits = torch.nn.functional.linear(

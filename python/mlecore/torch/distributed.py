@@ -170,6 +170,29 @@ def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
     return edge
 
 
+def _dtensor_shard(logits, target):
+    """A DTensor sharded over the class dimension of a one-dimensional mesh: its local
+    shard, group, first class, and the target as a plain tensor."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if isinstance(target, DTensor):
+        target = target.full_tensor()
+    if not isinstance(logits, DTensor):
+        return logits, None, None, target
+    mesh, placements = logits.device_mesh, logits.placements
+    class_dim = _spec.class_axis(logits.ndim)
+    if mesh.ndim != 1 or not isinstance(placements[0], Shard) \
+            or placements[0].dim % logits.ndim != class_dim:
+        raise ValueError(f"a DTensor input must be sharded over its class dimension "
+                         f"({class_dim}) on a one-dimensional mesh, got {placements} on a "
+                         f"mesh of {mesh.ndim} dimensions")
+    # Shard's split: pieces of ceil(C / world), the last ones shorter or empty.
+    classes, world = logits.shape[class_dim], mesh.size()
+    piece = -(-classes // world)
+    start = min(mesh.get_local_rank() * piece, classes)
+    return logits.to_local(), mesh.get_group(), start, target
+
+
 def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
                   class_start: int | None = None, weight: Tensor | None = None,
                   ignore_index: int = -100, reduction: str = "mean",
@@ -179,9 +202,11 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
 
     Parameters
     ----------
-    local_logits : torch.Tensor
+    local_logits : torch.Tensor or DTensor
         (N, C_local), (C_local,) or (N, C_local, d1, ..., dk): this rank's classes
-        [class_start, class_start + C_local).
+        [class_start, class_start + C_local). Or a DTensor sharded over its class dimension
+        on a one-dimensional device mesh (as torch's `loss_parallel` takes): its shard, mesh
+        group and offset are used.
     target : torch.Tensor
         Global class indices (any integer dtype), identical on every rank.
     group : ProcessGroup, optional
@@ -222,6 +247,9 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
     """
     reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
     softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
+    local_logits, mesh_group, mesh_start, target = _dtensor_shard(local_logits, target)
+    if mesh_group is not None:
+        group, class_start = mesh_group, mesh_start
     x = _float_input(local_logits, "local_logits")
     if not _target_kind(target):
         raise TypeError("mlecore.torch.distributed.cross_entropy takes class indices; "
@@ -243,3 +271,68 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
                                             ignore, eps, z, group, expected,
                                             tuple(target.shape))
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+
+
+class _SumGradients(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass sums the gradient over the group:
+    each rank's classes contribute their part of d loss / d input (Megatron's
+    copy-to-tensor-parallel-region)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
+                         local_bias: Tensor | None = None, group=None,
+                         class_start: int | None = None, weight: Tensor | None = None,
+                         ignore_index: int = -100, reduction: str = "mean",
+                         label_smoothing: float = 0.0, softcap: float | None = None,
+                         lse_square_scale: float = 0.0) -> Tensor:
+    """A tensor-parallel LM head's loss: the projection's classes split across the ranks.
+
+    Parameters
+    ----------
+    input : torch.Tensor
+        (N, D) or (D,), the same on every rank (replicated).
+    local_weight : torch.Tensor
+        This rank's rows of the projection, (C_local, D).
+    target : torch.Tensor
+        Global class indices, the same on every rank.
+    local_bias : torch.Tensor, optional
+        This rank's slice of the bias, (C_local,).
+    group, class_start, weight, ignore_index, reduction, label_smoothing, softcap,
+    lse_square_scale
+        As in `cross_entropy`.
+
+    Returns
+    -------
+    torch.Tensor
+        The loss of the whole head on every rank. Its backward pass gives each rank the
+        gradient of its own weight rows and bias, and sums the input's gradient over the
+        ranks (one all_reduce), so every rank holds the full d loss / d input.
+
+    Notes
+    -----
+    This rank's logits (N, C_local) exist during the call (a 1/world share of the whole).
+
+    Examples
+    --------
+    >>> import mlecore.torch.distributed as mtd
+    >>> # on each rank: loss = mtd.linear_cross_entropy(h, head_shard.weight, y)
+    """
+    x = _float_input(input)
+    if torch.is_grad_enabled() and x.requires_grad:
+        x = _SumGradients.apply(x, group)
+    logits = torch.nn.functional.linear(x, local_weight, local_bias)
+    return cross_entropy(logits, target, group=group, class_start=class_start, weight=weight,
+                         ignore_index=ignore_index, reduction=reduction,
+                         label_smoothing=label_smoothing, softcap=softcap,
+                         lse_square_scale=lse_square_scale)
