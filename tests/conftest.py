@@ -20,7 +20,10 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 #: Modules that test mlecore.torch (test_torch*.py) or compare against torch throughout.
 TORCH_MODULES = sorted(p.name for p in Path(__file__).parent.glob("test_torch*.py")) + [
     "test_bench.py"]
-collect_ignore = [] if HAS_TORCH else TORCH_MODULES
+#: The Dask tests need dask and distributed (the `dask` extra, in the `test` extra).
+DASK_MODULES = ["test_dask.py"]
+HAS_DASK = all(importlib.util.find_spec(m) is not None for m in ("dask", "distributed"))
+collect_ignore = ([] if HAS_TORCH else TORCH_MODULES) + ([] if HAS_DASK else DASK_MODULES)
 
 
 # The property suite's profiles: CI runs the same small set every time; `make fuzz` runs many.

@@ -6,13 +6,14 @@ The numpy API passes its arrays; `mlecore.torch`'s CPU kernels pass numpy views 
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _mlecore as _ext
-from ._arrays import native
+from ._arrays import as_rows, native
 from ._spec import label_error
 
 
@@ -73,3 +74,36 @@ def check_labels(target: np.ndarray, n_classes: int, ignore_index: int,
     flat = native(np.ascontiguousarray(target.reshape(-1)))
     with labels_reported(target.shape, n_classes, ignore_index):
         return _ext.check_labels(flat, n_classes, ignore_index, weight)
+
+
+def logsumexp_over(arr: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """log Σ exp of a float array over `axes` (the reduced array, axes removed): a leading
+    or middle block of axes in place by the column kernel, anything else as rows."""
+    res = _logsumexp_block(arr, axes)
+    if res is None:
+        rows = as_rows(arr, axes)
+        out = np.empty(rows.matrix.shape[0], arr.dtype)
+        _ext.logsumexp_rows(rows.matrix, out)
+        res = rows.restore_reduced(out)
+    return res
+
+
+def _logsumexp_block(arr, axes):
+    """The reduction of a leading or middle block of axes, read in place by the column kernel,
+    or None when another path serves better (trailing axes, copies, float16, empty input)."""
+    if arr.dtype not in (np.float32, np.float64) or arr.size == 0 or not axes:
+        return None
+    nd = arr.ndim
+    # A C-contiguous array, or the (C-contiguous) transpose of a Fortran one.
+    for view, ax in ((arr, axes), (arr.T, tuple(sorted(nd - 1 - a for a in axes)))):
+        if not view.flags.c_contiguous or ax != tuple(range(ax[0], ax[-1] + 1)):
+            continue
+        if ax[-1] == nd - 1:
+            return None  # trailing axes: contiguous rows
+        shape = view.shape
+        outer, inner = math.prod(shape[: ax[0]]), math.prod(shape[ax[-1] + 1:])
+        out = np.empty((outer, inner), arr.dtype)
+        _ext.logsumexp_axis(view.reshape(outer, -1, inner), out)
+        out = out.reshape(shape[: ax[0]] + shape[ax[-1] + 1:])
+        return out if view is arr else out.T
+    return None

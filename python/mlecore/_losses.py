@@ -108,11 +108,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 
     Parameters
     ----------
-    input : array_like or torch.Tensor
+    input : array_like, torch.Tensor or dask.array.Array
         Logits of shape (C,), (N, C) or (N, C, d1, ..., dk): classes on axis 1 (axis 0 when
         unbatched). float32/float64 computed in their precision, float16 with float32
-        accumulation; integers become float64.
-    target : array_like or torch.Tensor
+        accumulation; integers become float64. A Dask array ((C,) or (N, C), chunked
+        anyhow) gives a lazy result (no `return_stats`).
+    target : array_like, torch.Tensor or dask.array.Array
         Class indices of shape (), (N,) or (N, d1, ..., dk), any integer dtype; or class
         probabilities (soft labels) of the input's shape, any float dtype.
     weight : array_like, optional
@@ -166,6 +167,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     >>> print(f"{stats.loss:.4f} {stats.accuracy:.4f}")
     1.0686 0.8333
     """
+    if _spec.is_dask(input):
+        from . import _dask
+
+        _spec.numpy_backend(backend)
+        if return_stats:
+            raise NotImplementedError("return_stats is not supported on Dask arrays")
+        return _dask.cross_entropy(input, target, weight, ignore_index, reduction,
+                                   label_smoothing, softcap, lse_square_scale)
     if _spec.is_tensor(input):
         from .torch import cross_entropy as torch_cross_entropy
 
@@ -250,6 +259,9 @@ def cross_entropy_with_grad(input, target, weight=None, ignore_index=-100, reduc
     >>> np.allclose(grad, mlecore.softmax(z, axis=1) - [1, 0, 0])
     True
     """
+    if _spec.is_dask(input):
+        raise TypeError("cross_entropy_with_grad takes numpy arrays and tensors; for a Dask "
+                        "array use cross_entropy (lazy), or compute its blocks with numpy")
     if _spec.is_tensor(input):
         from .torch import cross_entropy_with_grad as torch_cross_entropy_with_grad
 
@@ -301,9 +313,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
 
     Parameters
     ----------
-    input : array_like or torch.Tensor
-        Log-probabilities of shape (C,), (N, C) or (N, C, d1, ..., dk).
-    target : array_like or torch.Tensor
+    input : array_like, torch.Tensor or dask.array.Array
+        Log-probabilities of shape (C,), (N, C) or (N, C, d1, ..., dk) ((C,) or (N, C) for
+        a Dask array, which gives a lazy result).
+    target : array_like, torch.Tensor or dask.array.Array
         Class indices of shape (), (N,) or (N, d1, ..., dk), any integer dtype.
     weight, ignore_index, reduction
         As in `cross_entropy`.
@@ -322,6 +335,11 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean", *,
     >>> print(f"{mlecore.nll_loss(logp, np.array([0])):.6f}")
     0.693147
     """
+    if _spec.is_dask(input):
+        from . import _dask
+
+        _spec.numpy_backend(backend)
+        return _dask.nll_loss(input, target, weight, ignore_index, reduction)
     if _spec.is_tensor(input):
         from .torch import nll_loss as torch_nll_loss
 

@@ -27,6 +27,12 @@ def is_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def is_dask(x) -> bool:
+    """True for a Dask array, without importing dask (the caller imported it already)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
+
+
 def check_backend(backend) -> str:
     """`backend`, or ValueError when it is not one of BACKENDS."""
     if backend not in BACKENDS:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _mlecore as _ext
 from . import _spec
 from ._arrays import as_float_array, as_rows, axes_of
+from ._kernels import logsumexp_over
 
 
 def _reduced_shape(shape, axes, keepdims):
@@ -26,10 +25,10 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
 
     Parameters
     ----------
-    a : array_like or torch.Tensor
+    a : array_like, torch.Tensor or dask.array.Array
         Input values. float32 and float64 are computed in their own precision, float16 with
         float32 accumulation; integers and bools become float64. Complex input is rejected
-        (scipy accepts it).
+        (scipy accepts it). A Dask array gives a lazy Dask array (no `b`, `return_sign`).
     axis : None or int or tuple of ints, optional
         Axes to reduce over; all of them by default.
     b : array_like, optional
@@ -65,6 +64,11 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
     >>> mlecore.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
     (np.float64(1.5413248546129181), np.float64(-1.0))
     """
+    if _spec.is_dask(a):
+        from . import _dask
+
+        _spec.numpy_backend(backend)
+        return _dask.logsumexp(a, axis, b, keepdims, return_sign)
     if _spec.is_tensor(a):
         if b is not None or return_sign:
             raise ValueError("b and return_sign are supported for numpy input only")
@@ -78,40 +82,13 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False, *, backen
     axes = axes_of(axis, arr.ndim)
     if b is not None:
         return _logsumexp_weighted(arr, b, axes, keepdims, return_sign)
-    res = _logsumexp_block(arr, axes)
-    if res is None:
-        rows = as_rows(arr, axes)
-        out = np.empty(rows.matrix.shape[0], arr.dtype)
-        _ext.logsumexp_rows(rows.matrix, out)
-        res = rows.restore_reduced(out)
-    res = res.reshape(_reduced_shape(arr.shape, axes, keepdims))
+    res = logsumexp_over(arr, axes).reshape(_reduced_shape(arr.shape, axes, keepdims))
     if not return_sign:
         return _scalar(res)
     sgn = np.where(np.isnan(res), np.nan, np.where(res == -np.inf, 0.0, 1.0)).astype(res.dtype)
     if arr.size == 0:
         sgn = np.sign(res)  # scipy's convention for an empty input: sign(-inf) = -1
     return _scalar(res), _scalar(sgn)
-
-
-def _logsumexp_block(arr, axes):
-    """The reduction of a leading or middle block of axes, read in place by the column kernel,
-    or None when another path serves better (trailing axes, copies, float16, empty input)."""
-    if arr.dtype not in (np.float32, np.float64) or arr.size == 0 or not axes:
-        return None
-    nd = arr.ndim
-    # A C-contiguous array, or the (C-contiguous) transpose of a Fortran one.
-    for view, ax in ((arr, axes), (arr.T, tuple(sorted(nd - 1 - a for a in axes)))):
-        if not view.flags.c_contiguous or ax != tuple(range(ax[0], ax[-1] + 1)):
-            continue
-        if ax[-1] == nd - 1:
-            return None  # trailing axes: contiguous rows
-        shape = view.shape
-        outer, inner = math.prod(shape[: ax[0]]), math.prod(shape[ax[-1] + 1:])
-        out = np.empty((outer, inner), arr.dtype)
-        _ext.logsumexp_axis(view.reshape(outer, -1, inner), out)
-        out = out.reshape(shape[: ax[0]] + shape[ax[-1] + 1:])
-        return out if view is arr else out.T
-    return None
 
 
 def _logsumexp_weighted(a, b, axes, keepdims, return_sign):
@@ -166,8 +143,8 @@ def softmax(x, axis=None, *, backend="auto"):
 
     Parameters
     ----------
-    x : array_like or torch.Tensor
-        Input values (dtype rules as in `logsumexp`).
+    x : array_like, torch.Tensor or dask.array.Array
+        Input values (dtype rules as in `logsumexp`); a Dask array gives a lazy one.
     axis : None or int or tuple of ints, optional
         Axes the softmax normalizes over; all of them by default.
     backend : {"auto", "rust", "torch"}, optional
@@ -186,6 +163,11 @@ def softmax(x, axis=None, *, backend="auto"):
     >>> mlecore.softmax([0.0, 0.0, 0.0, 0.0])
     array([0.25, 0.25, 0.25, 0.25])
     """
+    if _spec.is_dask(x):
+        from . import _dask
+
+        _spec.numpy_backend(backend)
+        return _dask.softmax(x, axis)
     if _spec.is_tensor(x):
         from .torch import softmax as torch_softmax
 
@@ -199,8 +181,8 @@ def log_softmax(x, axis=None, *, backend="auto"):
 
     Parameters
     ----------
-    x : array_like or torch.Tensor
-        Input values (dtype rules as in `logsumexp`).
+    x : array_like, torch.Tensor or dask.array.Array
+        Input values (dtype rules as in `logsumexp`); a Dask array gives a lazy one.
     axis : None or int or tuple of ints, optional
         Axes the softmax normalizes over; all of them by default.
     backend : {"auto", "rust", "torch"}, optional
@@ -218,6 +200,11 @@ def log_softmax(x, axis=None, *, backend="auto"):
     >>> mlecore.log_softmax([1.0, 1.0])
     array([-0.69314718, -0.69314718])
     """
+    if _spec.is_dask(x):
+        from . import _dask
+
+        _spec.numpy_backend(backend)
+        return _dask.log_softmax(x, axis)
     if _spec.is_tensor(x):
         from .torch import log_softmax as torch_log_softmax
 
