@@ -6,6 +6,8 @@ so the numpy API's tests run where torch is absent: `pytest -m "not torch"` ther
 
 import importlib.util
 import os
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -198,3 +200,27 @@ def tol(dtype):
         np.float32: (2e-5, 2e-6),
         np.float16: (5e-3, 5e-3),
     }[np.dtype(dtype).type]
+
+
+def ticks_while(run) -> tuple[int, float]:
+    """(how often another Python thread ticked, seconds) while `run()` ran: with the GIL
+    held throughout, the other thread cannot tick at all."""
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    time.sleep(0.01)
+    start = time.perf_counter()
+    try:
+        run()
+    finally:
+        end = time.perf_counter()
+        done.set()
+        thread.join()
+    return len([s for s in ticks if start < s < end]), end - start

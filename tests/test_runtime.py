@@ -3,13 +3,12 @@
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pytest
 
 import mlecore
+from conftest import ticks_while
 from mlecore import _mlecore as ext
 
 
@@ -54,26 +53,13 @@ def test_results_do_not_depend_on_threads(rng):
 
 def test_gil_is_released_during_a_kernel(rng):
     x = rng.standard_normal((2000, 50_000)).astype(np.float32)  # 400 MB: ~100 ms a pass
-    ticks = []
-    done = threading.Event()
 
-    def ticker():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0.001)
+    def run():
+        for _ in range(3):
+            mlecore.logsumexp(x, axis=1)
 
-    t = threading.Thread(target=ticker)
-    t.start()
-    time.sleep(0.01)
-    start = time.perf_counter()
-    for _ in range(3):
-        mlecore.logsumexp(x, axis=1)
-    end = time.perf_counter()
-    done.set()
-    t.join()
-    during = [s for s in ticks if start < s < end]
-    # With the GIL held the other thread could not tick at all while the kernels ran.
-    assert len(during) >= 5, f"only {len(during)} ticks in {end - start:.3f}s"
+    ticks, seconds = ticks_while(run)
+    assert ticks >= 5, f"only {ticks} ticks in {seconds:.3f}s"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")

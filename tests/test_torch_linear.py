@@ -2,14 +2,12 @@
 composition F.linear + F.cross_entropy: values, gradients, shapes, options, autograd,
 torch.compile, memory, and bad input."""
 
-import threading
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mlecore.torch as mt
+from conftest import ticks_while
 from mlecore import _bench_linear
 from mlecore._linear_chunks import chunk_rows
 from mlecore.torch import _linear
@@ -232,23 +230,8 @@ def test_gil_is_released():
     x = torch.randn(2048, 256)
     w = torch.randn(16384, 256, requires_grad=True)
     t = torch.randint(0, 16384, (2048,))
-    ticks = []
-    done = threading.Event()
-
-    def ticker():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=ticker)
-    thread.start()
-    time.sleep(0.01)
-    start = time.perf_counter()
-    mt.linear_cross_entropy(x, w, t).backward()
-    end = time.perf_counter()
-    done.set()
-    thread.join()
-    assert len([s for s in ticks if start < s < end]) >= 5
+    ticks, seconds = ticks_while(lambda: mt.linear_cross_entropy(x, w, t).backward())
+    assert ticks >= 5, f"only {ticks} ticks in {seconds:.3f}s"
 
 
 def test_bad_input_gets_clear_errors():
