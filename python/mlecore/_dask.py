@@ -111,6 +111,18 @@ def _rows(x: da.Array, target, is_index: bool):
     return x, target
 
 
+def _picked(x: da.Array, t: da.Array, w: np.ndarray, ignore: int):
+    """Per row: whether it counts, its target's logit x_y (a sum over the class chunks of
+    the one-hot product, in float64) and its class weight w_y (0 where ignored)."""
+    y = t.astype(np.int64).rechunk((x.chunks[0],))
+    valid = y != ignore
+    safe = da.where(valid, y, 0)
+    hot = da.arange(x.shape[1], chunks=x.chunks[1]) == safe[:, None]
+    xy = da.where(hot, x, 0).sum(axis=1, dtype=np.float64)
+    wy = safe.map_blocks(lambda b: w[b] if w.size else np.zeros(b.shape), dtype=np.float64)
+    return valid, xy, da.where(valid, wy, 0.0)
+
+
 def _weights(weight, classes, dtype):
     return np.ones(classes, dtype) if weight is None else class_weights(weight, classes, dtype)
 
@@ -133,13 +145,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     lse = _lse64(x, (1,), False)
     f64 = np.float64
     if is_index:
-        y = t.astype(np.int64).rechunk((x.chunks[0],))
-        valid = y != ignore
-        safe = da.where(valid, y, 0)
-        hot = da.arange(classes, chunks=x.chunks[1]) == safe[:, None]
-        xy = da.where(hot, x, 0).sum(axis=1, dtype=f64)
-        wy = da.where(valid, safe.map_blocks(lambda b: w[b] if w.size else
-                                               np.zeros(b.shape), dtype=f64), 0.0)
+        valid, xy, wy = _picked(x, t, w, ignore)
         a = (1 - eps) * wy + (eps / classes if classes else 0.0) * w.sum()
         loss = (1 - eps) * wy * (lse - xy)
         denom = wy.sum()
@@ -176,13 +182,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     t = _checked(t, classes, ignore, tuple(t.shape))
     x, t = _rows(x, t, True)
     w = _weights(weight, classes, np.float64)
-    y = t.astype(np.int64).rechunk((x.chunks[0],))
-    valid = y != ignore
-    safe = da.where(valid, y, 0)
-    hot = da.arange(classes, chunks=x.chunks[1]) == safe[:, None]
-    xy = da.where(hot, x, 0).sum(axis=1, dtype=np.float64)
-    wy = da.where(valid, safe.map_blocks(lambda b: w[b] if w.size else np.zeros(b.shape),
-                                         dtype=np.float64), 0.0)
+    valid, xy, wy = _picked(x, t, w, ignore)
     loss = da.where(valid, -wy * xy, 0.0)
     if reduction == "none":
         return loss.reshape(loss_shape).astype(dtype)
