@@ -37,14 +37,23 @@ settings.register_profile("fuzz", max_examples=3000, deadline=None, print_blob=T
 PROPERTIES = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+#: Modules whose tests start processes or clusters (tens of seconds each): `make test` runs
+#: them against the development build; the second run, against the installed wheel, leaves
+#: them out (`-m "not processes"`), since they test no more of the wheel than the rest.
+PROCESS_MODULES = ["test_torch_distributed.py", "test_dask.py", "test_bench.py"]
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "torch: needs torch (as a reference or under test)")
+    config.addinivalue_line("markers", "processes: starts processes or clusters (slow)")
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.fspath.basename in TORCH_MODULES:
             item.add_marker(pytest.mark.torch)
+        if item.fspath.basename in PROCESS_MODULES:
+            item.add_marker(pytest.mark.processes)
 
 
 @pytest.fixture

@@ -261,6 +261,7 @@ def test_bad_input_gets_clear_errors():
         mt.linear_cross_entropy(x, w, t[:4])
 
 
+@pytest.mark.processes
 def test_peak_memory_is_one_chunk_not_the_logits():
     # The logits would be 2 GiB in float32. mlecore's forward and backward add one chunk of
     # them (256 MiB), the weight's gradient (4 MiB), per-row results, and the BLAS libraries'
