@@ -127,3 +127,33 @@ def class_weights(weight, n_classes: int, dtype) -> np.ndarray:
     if w.shape != (n_classes,):
         raise _spec.weight_shape_error(n_classes, w.shape)
     return np.ascontiguousarray(w, dtype=dtype)
+
+
+def softcap_into(z: np.ndarray, cap: float, out: np.ndarray) -> np.ndarray:
+    """c·tanh(z/c) into `out` (which may be `z`): Gemma 2's soft-capping of logits."""
+    np.divide(z, cap, out=out)
+    np.tanh(out, out=out)
+    out *= cap
+    return out
+
+
+def prob_hits(logits: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per row: whether the most probable target class holds the row's maximum logit (the
+    accuracy of probability targets, judged before a pass can overwrite the logits)."""
+    n = logits.shape[0]
+    return logits[np.arange(n), np.argmax(probs, axis=1)] == logits.max(axis=1,
+                                                                       initial=-np.inf)
+
+
+def loss_stats(reduced, lse: np.ndarray, right: np.ndarray, counted: np.ndarray, z: float,
+               reduce, loss_shape, dtype) -> _spec.CrossEntropyStats:
+    """The `CrossEntropyStats` of a pass: the z-loss z·lse² of the counted rows reduced by
+    `reduce(rows, total)` as the loss was, the log-sum-exps in the loss's shape and dtype,
+    and the fraction of counted rows that are `right`."""
+    lse64 = lse.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z_rows = np.where(counted, z * lse64 * lse64, 0.0) if z else np.zeros(len(lse))
+    n = int(counted.sum())
+    accuracy = float(right[counted].sum()) / n if n else math.nan
+    return _spec.CrossEntropyStats(reduced, reduce(z_rows, float(z_rows.sum())),
+                                   lse.reshape(loss_shape).astype(dtype), accuracy)

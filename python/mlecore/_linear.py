@@ -6,12 +6,17 @@ Torch tensors are handed to `mlecore.torch.linear_cross_entropy`.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _spec
-from ._arrays import as_float_array, class_weights, compute_dtype, label_mask, native
+from ._arrays import (
+    as_float_array,
+    class_weights,
+    compute_dtype,
+    label_mask,
+    loss_stats,
+    native,
+)
 from ._linear_chunks import Grads, Linear, Pass, chunk_rows, run
 
 
@@ -63,21 +68,13 @@ def finish(p: Linear, result: Pass, stats: bool):
                                   p.reduction, p.loss_shape)
         return r.astype(p.dtype) if p.reduction == "none" else p.dtype.type(r)
 
-    loss, lse, hits = result.loss, result.lse, result.hits
-    reduced = reduce(loss, result.total)
+    reduced = reduce(result.loss, result.total)
     if not stats:
         return reduced
     counted = (label_mask(p.target, p.ignore_index) if p.is_index
-               else np.ones(len(loss), bool))
-    lse64 = lse.astype(np.float64)
-    z = p.lse_square_scale
-    with np.errstate(invalid="ignore", over="ignore"):
-        z_rows = np.where(counted, z * lse64 * lse64, 0.0) if z else np.zeros(len(lse))
-    n = int(counted.sum())
-    right = np.asarray(hits).astype(bool)
-    accuracy = float(right[counted].sum()) / n if n else math.nan
-    return _spec.CrossEntropyStats(reduced, reduce(z_rows, z_rows.sum()),
-                                   lse.reshape(p.loss_shape).astype(p.dtype), accuracy)
+               else np.ones(len(result.loss), bool))
+    return loss_stats(reduced, result.lse, np.asarray(result.hits).astype(bool), counted,
+                      p.lse_square_scale, reduce, p.loss_shape, p.dtype)
 
 
 def linear_cross_entropy(x, w, target, bias=None, *, weight=None, ignore_index=-100,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._arrays import prob_hits, softcap_into
 from ._kernels import CeRows, check_labels
 
 #: The default chunk: FAST_ROWS rows unless their logits pass MAX_CHUNK_BYTES, and logits of
@@ -161,14 +162,10 @@ def run(p: Linear, stats: bool, grads: Grads | None = None) -> Pass:
         if p.b is not None:
             zc += p.b
         if stats and not p.is_index:
-            judged.append(zc[np.arange(j - i), np.argmax(p.target[i:j], axis=1)]
-                          == zc.max(axis=1, initial=-np.inf))
+            judged.append(prob_hits(zc, p.target[i:j]))
         logits = zc
         if p.softcap is not None:
-            logits = sbuf[: j - i] if sbuf is not None else zc
-            np.divide(zc, p.softcap, out=logits)
-            np.tanh(logits, out=logits)
-            logits *= p.softcap
+            logits = softcap_into(zc, p.softcap, out=sbuf[: j - i] if sbuf is not None else zc)
         rows = CeRows(logits, p.target[i:j], p.weight, p.ignore_index, p.label_smoothing,
                       p.lse_square_scale, p.target[i:j].shape[:1], c)
         h = hits[i:j] if hits is not None and p.is_index else None

@@ -8,7 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import _spec
-from ._arrays import as_float_array, as_rows, class_weights, compute_dtype, label_mask, native
+from ._arrays import (
+    as_float_array,
+    as_rows,
+    class_weights,
+    compute_dtype,
+    label_mask,
+    loss_stats,
+    native,
+    prob_hits,
+    softcap_into,
+)
 from ._kernels import CeRows, check_labels
 
 
@@ -50,9 +60,7 @@ class Problem:
         n = self.rows.x.shape[0]
         hits = np.empty(n, np.uint8) if stats and self.is_index else None
         if stats and not self.is_index:
-            m = self.rows.x
-            y = np.argmax(self.rows.target, axis=1)
-            self.judged = m[np.arange(n), y] == m.max(axis=1, initial=-np.inf)
+            self.judged = prob_hits(self.rows.x, self.rows.target)
         return np.empty(n), np.empty(n, compute_dtype(self.dtype)), hits
 
     def reduce(self, loss: np.ndarray, total: float, denom: float):
@@ -73,17 +81,10 @@ class Problem:
         reduced = self.reduce(loss, total, denom)
         if not stats:
             return reduced
-        counted = self.counted()
-        z = self.rows.lse_square_scale
-        lse64 = lse.astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            z_rows = np.where(counted, z * lse64 * lse64, 0.0) if z else np.zeros(len(lse))
-        z_loss = self.reduce(z_rows, float(z_rows.sum()), denom)
         right = hits.astype(bool) if hits is not None else self.judged
-        n = int(counted.sum())
-        accuracy = float(right[counted].sum()) / n if n else float("nan")
-        lse_out = lse.reshape(self.loss_shape).astype(self.dtype)
-        return _spec.CrossEntropyStats(reduced, z_loss, lse_out, accuracy)
+        return loss_stats(reduced, lse, right, self.counted(), self.rows.lse_square_scale,
+                          lambda rows, t: self.reduce(rows, t, denom), self.loss_shape,
+                          self.dtype)
 
     def chain(self, grad: np.ndarray) -> None:
         """The gradient through the soft-cap, in place: d(c·tanh(z/c))/dz = 1 − (s/c)²."""
@@ -95,10 +96,7 @@ class Problem:
 def softcapped(logits: np.ndarray, cap: float) -> np.ndarray:
     """c·tanh(z/c) in the compute dtype (float32 for float16), a new array."""
     z = logits.astype(compute_dtype(logits.dtype), copy=True)
-    z /= cap
-    np.tanh(z, out=z)
-    z *= cap
-    return z
+    return softcap_into(z, cap, out=z)
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import _linear_chunks
 from . import _reference as R
+from ._functional import _prob_hits
 from ._rust import _rows, _target, _weight, as_numpy
 
 _EMPTY = (0,)
@@ -108,9 +109,7 @@ def torch_ops(x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk,
         loss[i:j], lse[i:j], _, h = R.cross_entropy_rows(rows, t[i:j], wt, ignore_index,
                                                           eps, z)
         if stats:
-            hits[i:j] = h if not t.is_floating_point() else (
-                logits.gather(-1, t[i:j].argmax(-1, keepdim=True)).squeeze(-1)
-                == logits.amax(-1))
+            hits[i:j] = _prob_hits(logits, t[i:j]) if t.is_floating_point() else h
         if not any(needs):
             continue
         scale = row_scale[i:j] if row_scale is not None else factor.expand(j - i)

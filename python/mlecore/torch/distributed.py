@@ -22,8 +22,8 @@ from torch import Tensor
 
 from .. import _spec
 from . import _reference as R
-from . import _rust
 from ._functional import _class_rows, _float_input, _reduce, _target_kind
+from ._ops import RUST
 
 #: Columns of the gathered per-row payload.
 _LSE, _XY, _WY, _WX, _Y = range(5)
@@ -53,14 +53,6 @@ def _starts(group, size: int, device) -> tuple[tuple[int, ...], tuple[int, ...]]
     return tuple(sum(sizes[:r]) for r in range(len(sizes))), sizes
 
 
-def _local_lse(x: Tensor) -> Tensor:
-    if x.shape[-1] == 0:
-        return torch.full(x.shape[:-1], -torch.inf, dtype=x.dtype, device=x.device)
-    if x.device.type == "cpu":
-        return _rust.logsumexp(x)
-    return R.logsumexp_rows(x)
-
-
 class _VocabParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, weight, start, ignore, eps, z, group, expected, target_shape):
@@ -75,7 +67,7 @@ class _VocabParallel(torch.autograd.Function):
         payload = torch.zeros(rows + 1, _WIDTH, dtype=torch.float64, device=x.device)
         payload[0, _START], payload[0, _SIZE] = start, size
         payload[0, _WSUM] = w.to(torch.float64).sum()
-        lse_local = _local_lse(x)
+        lse_local = RUST.logsumexp(x)  # the Rust kernel on CPU, torch's elsewhere
         payload[1:, _LSE] = lse_local.to(torch.float64)
         if size:
             xy = x.gather(1, yl.unsqueeze(1)).squeeze(1).to(torch.float64)
@@ -122,10 +114,7 @@ class _VocabParallel(torch.autograd.Function):
         empty = lse_local == -torch.inf  # all −inf here: no probability on this rank
         factor = (s * a * torch.exp(lse_local.to(torch.float64) - lse)).to(x.dtype)
         factor = torch.where((a == 0) | empty, 0.0, factor)
-        if x.device.type == "cpu" and x.shape[-1]:
-            g = _rust.softmax(x)
-        else:
-            g = torch.softmax(x, dim=-1) if x.shape[-1] else torch.zeros_like(x)
+        g = RUST.softmax(x)  # a fresh result: scaled in place below
         g.masked_fill_(empty.unsqueeze(1), 0.0)
         g.mul_(factor.unsqueeze(1))
         if eps:
