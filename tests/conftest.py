@@ -48,6 +48,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "processes: starts processes or clusters (slow)")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Which SIMD tiers this run could exercise: the tier-parametrized tests (and the Rust
+    tests, `each_tier`) run every tier the CPU has; the others need another machine (NEON:
+    `make test-aarch64` under qemu)."""
+    try:
+        from mlecore import _mlecore as ext
+    except ImportError:
+        return
+    old, ran, missing = ext.simd_tier(), [], []
+    try:
+        for tier in ("avx512", "avx2", "neon", "scalar"):
+            # The name it gives back may say more ("avx2+fma").
+            (ran if ext.set_simd_tier(tier).startswith(tier) else missing).append(tier)
+    finally:
+        ext.set_simd_tier(old)
+    terminalreporter.write_line(
+        f"SIMD tiers: detected {ext.detected_simd_tier()}, default {old}; tier tests ran on "
+        f"{', '.join(ran)}; not on this CPU: {', '.join(missing) or 'none'}")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.fspath.basename in TORCH_MODULES:

@@ -292,18 +292,28 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
     let mut i = 0;
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
-        while i + 2 * l <= n {
-            ahead.touch(i);
-            ahead.touch(i + l);
-            let (x0, x1) = (V::load(x.add(i)), V::load(x.add(i + l)));
-            let (v0, v1) = if S::ACTIVE {
-                (Some(v.load(i)), Some(v.load(i + l)))
-            } else {
-                (None, None)
-            };
-            a0 = stats_step::<V, COUNT>(a0, &mut cnt, &mut d0, &mut s0, x0, v0, mv, sv);
-            a1 = stats_step::<V, COUNT>(a1, &mut cnt, &mut d0, &mut s0, x1, v1, mv, sv);
-            i += 2 * l;
+        // Four vectors a step: a tier may interleave their exponentials (`exp_in_sum4`).
+        while i + 4 * l <= n {
+            let mut xs = [zero; 4];
+            let mut ds = [zero; 4];
+            for k in 0..4 {
+                ahead.touch(i + k * l);
+                xs[k] = V::load(x.add(i + k * l));
+                ds[k] = xs[k].sub(mv);
+            }
+            let es = V::exp_in_sum4(ds);
+            for k in 0..4 {
+                let vv = if S::ACTIVE {
+                    Some(v.load(i + k * l))
+                } else {
+                    None
+                };
+                let acc = if k % 2 == 0 { &mut a0 } else { &mut a1 };
+                *acc = stats_add::<V, COUNT>(
+                    *acc, &mut cnt, &mut d0, &mut s0, es[k], xs[k], vv, mv, sv,
+                );
+            }
+            i += 4 * l;
         }
         while i + l <= n {
             ahead.touch(i);
@@ -352,7 +362,24 @@ fn stats_step<V: SimdVec, const COUNT: bool>(
     mv: V,
     sv: V,
 ) -> V {
-    let e = xv.sub(mv).exp();
+    let e = xv.sub(mv).exp_in_sum();
+    stats_add::<V, COUNT>(acc, cnt, d, s, e, xv, vv, mv, sv)
+}
+
+/// The sums of [`stats_step`] given the vector's e^(x − m).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn stats_add<V: SimdVec, const COUNT: bool>(
+    acc: V,
+    cnt: &mut V,
+    d: &mut V,
+    s: &mut V,
+    e: V,
+    xv: V,
+    vv: Option<V>,
+    mv: V,
+    sv: V,
+) -> V {
     if let Some(vv) = vv {
         *d = d.add(V::mul_nonzero(vv, xv.sub(sv)));
         *s = s.add(vv);
@@ -400,6 +427,18 @@ pub unsafe fn write_exp<V: SimdVec, S: VSource<V>>(
     // SAFETY: every access stays inside `[..n]`; each lane is read before it is written, so
     // `out == x` is fine.
     unsafe {
+        // Four vectors a step: a tier may interleave their exponentials (`exp4`).
+        while i + 4 * lanes <= n {
+            let mut a = [f.m; 4];
+            for (k, a) in a.iter_mut().enumerate() {
+                *a = V::load(x.add(i + k * lanes)).sub(f.m).sub(f.excess);
+            }
+            let e = V::exp4(a);
+            for (k, e) in e.into_iter().enumerate() {
+                scaled_term::<V, S>(e, v.load(i + k * lanes), f).store(out.add(i + k * lanes));
+            }
+            i += 4 * lanes;
+        }
         while i + lanes <= n {
             exp_term::<V, S>(V::load(x.add(i)), v.load(i), f).store(out.add(i));
             i += lanes;
@@ -414,7 +453,13 @@ pub unsafe fn write_exp<V: SimdVec, S: VSource<V>>(
 
 #[inline(always)]
 fn exp_term<V: SimdVec, S: VSource<V>>(xv: V, vv: V, f: ScaledSoftmax<V>) -> V {
-    let p = xv.sub(f.m).sub(f.excess).exp().mul(f.p_scale);
+    scaled_term::<V, S>(xv.sub(f.m).sub(f.excess).exp(), vv, f)
+}
+
+/// p_scale·e − v_scale·v, given e = e^((x − m) − excess).
+#[inline(always)]
+fn scaled_term<V: SimdVec, S: VSource<V>>(e: V, vv: V, f: ScaledSoftmax<V>) -> V {
+    let p = e.mul(f.p_scale);
     if S::ACTIVE {
         p.sub(vv.mul(f.v_scale))
     } else {

@@ -96,7 +96,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
                     // SAFETY: in bounds by the caller's contract.
                     let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
                     b[w] = b[w].max_acc(xv);
-                    part[w] = part[w].add(xv.sub(m[w]).exp());
+                    part[w] = part[w].add(xv.sub(m[w]).exp_in_sum());
                 }
             }
         } else {
@@ -216,7 +216,7 @@ unsafe fn sum_split<V: SimdVec>(x: *const V::F, steps: usize, step: usize, m: V)
     for k in 0..steps {
         // SAFETY: in bounds by the caller's contract.
         let xv = unsafe { V::load(x.add(k * step)) };
-        (rest, cnt) = rest.add_split(cnt, xv.sub(m).exp(), xv, m);
+        (rest, cnt) = rest.add_split(cnt, xv.sub(m).exp_in_sum(), xv, m);
     }
     (rest, cnt)
 }

@@ -35,7 +35,8 @@ impl<F: Float> Kernel for Repeat<'_, F> {
                     Loop::Stats => {
                         let floor = F::from_f64(f64::NEG_INFINITY);
                         let s = chunk::stats::<V, _>(x, n, NoWeights, Ahead::at(x), floor);
-                        check += s.rest;
+                        // Every field the kernels use, so that none is optimized away.
+                        check += s.rest + s.cnt + s.m;
                     }
                     Loop::Write => {
                         let f = ScaledSoftmax {

@@ -1,4 +1,4 @@
-//! AVX2 + FMA: 8 float32 or 4 float64 lanes; the exponent is built by an integer add into the
+//! AVX2 + FMA: 8 float32 or 4 float64 lanes; 2^n is built by integer operations on the
 //! exponent field (AVX2 has no `scalef`), tails through `maskload`/`maskstore`.
 
 use super::consts::*;
@@ -46,6 +46,88 @@ unsafe fn mask32(n: usize) -> __m256i {
 unsafe fn mask64(n: usize) -> __m256i {
     // SAFETY: AVX2 is present (caller's contract).
     unsafe { _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), _mm256_setr_epi64x(0, 1, 2, 3)) }
+}
+
+/// e^x of K vectors, within 2 ulp from EXP_LO_F32 up. Below it the clamp at EXP_ZERO8_F32
+/// makes the exponent field 0: from there down (−inf included) the result is exactly 0, and in
+/// between some value below 2^−126 (the caller flushes it, or adds it to a sum where it cannot
+/// show). 2^n comes from the table and the exponent field by integer operations, but is
+/// applied by the last FMA: a NaN argument then stays NaN, which an integer add into the
+/// result's exponent would not guarantee.
+///
+/// Each step is taken for all K vectors before the next: in program order the K chains
+/// interleave, so an operation waits for its operands about one latency after it enters the
+/// scheduler instead of a whole chain's. Zen 3's FP scheduler holds about two chains of one
+/// vector each: written vector by vector, this loop runs at half its throughput there.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline(always)]
+unsafe fn exp_f32_steps<const K: usize>(x: [__m256; K]) -> [__m256; K] {
+    // Loops over k, not closures: nothing here may stay a call outside the caller's
+    // `#[target_feature]` code.
+    // SAFETY: AVX2 and FMA are present (caller's contract).
+    unsafe {
+        let z = _mm256_setzero_ps();
+        let (mut t, mut r, mut r2, mut a, mut s) = ([z; K], [z; K], [z; K], [z; K], [z; K]);
+        let (magic, l8) = (_mm256_set1_ps(12_582_912.0), _mm256_set1_ps(LOG2E_X8_F32));
+        let (hi, lo) = (_mm256_set1_ps(LN2_8_HI_F32), _mm256_set1_ps(LN2_8_LO_F32));
+        let [c4, c3, c2] = EXP_P4_F32;
+        let (c4, c3, c2) = (_mm256_set1_ps(c4), _mm256_set1_ps(c3), _mm256_set1_ps(c2));
+        let table = _mm256_castsi256_ps(_mm256_loadu_si256(EXP2_J8_ADJ_F32.as_ptr().cast()));
+        let mut out = x;
+        for k in 0..K {
+            // vmaxps returns its second operand when either is NaN: a NaN x passes.
+            out[k] = _mm256_max_ps(_mm256_set1_ps(EXP_ZERO8_F32), x[k]);
+        }
+        // Adding 1.5·2^23 rounds x·8/ln2 to an integer n and leaves it in the low bits of t.
+        for k in 0..K {
+            t[k] = _mm256_fmadd_ps(out[k], l8, magic);
+        }
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_ps(_mm256_sub_ps(t[k], magic), hi, out[k]);
+        }
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_ps(_mm256_sub_ps(t[k], magic), lo, r[k]);
+        }
+        // e^r − 1 by Estrin: r² alongside the first FMA shortens the chain.
+        for k in 0..K {
+            r2[k] = _mm256_mul_ps(r[k], r[k]);
+            a[k] = _mm256_fmadd_ps(r[k], c3, c2);
+        }
+        for k in 0..K {
+            a[k] = _mm256_fmadd_ps(r2[k], c4, a[k]);
+        }
+        for k in 0..K {
+            r[k] = _mm256_fmadd_ps(r2[k], a[k], r[k]);
+        }
+        // 2^(n/8): vpermps reads the low 3 bits of each lane of t (j = n mod 8), and the
+        // table's entries expect the bits of t shifted left by 20 (see EXP2_J8_ADJ_F32).
+        for k in 0..K {
+            let tb = _mm256_castps_si256(t[k]);
+            s[k] = _mm256_castsi256_ps(_mm256_add_epi32(
+                _mm256_castps_si256(_mm256_permutevar8x32_ps(table, tb)),
+                _mm256_slli_epi32::<20>(tb),
+            ));
+        }
+        // 2^(n/8)·(1 + q), rounded once.
+        for k in 0..K {
+            out[k] = _mm256_fmadd_ps(s[k], r[k], s[k]);
+        }
+        out
+    }
+}
+
+impl F32x8 {
+    /// `self` (e^x) where x is in the normal range, 0 below it.
+    #[inline(always)]
+    fn flushed(self, x: Self) -> Self {
+        // SAFETY: only reached from `run_f32`'s code, which has AVX2.
+        unsafe {
+            let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x.0, _mm256_set1_ps(EXP_LO_F32));
+            F32x8(_mm256_andnot_ps(under, self.0))
+        }
+    }
 }
 
 // SAFETY: only instantiated by `run_f32`, whose caller checked AVX2 and FMA; every method is
@@ -119,31 +201,29 @@ unsafe impl SimdVec for F32x8 {
     }
     #[inline(always)]
     fn exp(self) -> Self {
+        self.exp_in_sum().flushed(self)
+    }
+    #[inline(always)]
+    fn exp_in_sum(self) -> Self {
         // SAFETY: AVX2 and FMA are present (trait contract).
-        unsafe {
-            let x = self.0;
-            let lo = _mm256_set1_ps(EXP_LO_F32);
-            let xc = _mm256_max_ps(lo, x);
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(xc, _mm256_set1_ps(LOG2E_F32)),
-            );
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI_F32), xc);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO_F32), r);
-            let mut p = _mm256_set1_ps(EXP_P_F32[0]);
-            for c in &EXP_P_F32[1..] {
-                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-            }
-            let one = _mm256_set1_ps(1.0);
-            let y = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, one), r, one);
-            // 2^n as a float: n + 127 into the exponent field (n ≥ −126 after the clamp).
-            let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            ));
-            let y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-            let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
-            F32x8(_mm256_andnot_ps(under, y))
-        }
+        F32x8(unsafe { exp_f32_steps([self.0])[0] })
+    }
+    #[inline(always)]
+    fn exp_in_sum4(x: [Self; 4]) -> [Self; 4] {
+        let [a, b, c, d] = x;
+        // SAFETY: AVX2 and FMA are present (trait contract).
+        let [a, b, c, d] = unsafe { exp_f32_steps([a.0, b.0, c.0, d.0]) };
+        [F32x8(a), F32x8(b), F32x8(c), F32x8(d)]
+    }
+    #[inline(always)]
+    fn exp4(x: [Self; 4]) -> [Self; 4] {
+        let [a, b, c, d] = Self::exp_in_sum4(x);
+        [
+            a.flushed(x[0]),
+            b.flushed(x[1]),
+            c.flushed(x[2]),
+            d.flushed(x[3]),
+        ]
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -207,6 +287,75 @@ unsafe impl SimdVec for F32x8 {
                 _mm256_set1_epi32(0x3f35_04f3),
             ));
             log::ln_1p_f32(self, F32x8(v), F32x8(f), F32x8(k))
+        }
+    }
+}
+
+/// e^x of K float64 vectors, step by step as [`exp_f32_steps`]: within 2 ulp from EXP_LO_F64
+/// up; clamped at EXP_ZERO_F64, where 2^n's exponent field is 0, so exactly 0 from there down
+/// (−inf included) and some value below 2^−1021 in between.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[inline(always)]
+unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
+    // SAFETY: AVX2 and FMA are present (caller's contract).
+    unsafe {
+        let z = _mm256_setzero_pd();
+        let (mut t, mut r, mut p) = ([z; K], [z; K], [z; K]);
+        // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
+        let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
+        let (l2e, hi, lo) = (
+            _mm256_set1_pd(LOG2E_F64),
+            _mm256_set1_pd(LN2_HI_F64),
+            _mm256_set1_pd(LN2_LO_F64),
+        );
+        let mut out = x;
+        for k in 0..K {
+            // vmaxpd returns its second operand when either is NaN: a NaN x passes.
+            out[k] = _mm256_max_pd(_mm256_set1_pd(EXP_ZERO_F64), x[k]);
+        }
+        for k in 0..K {
+            t[k] = _mm256_fmadd_pd(out[k], l2e, magic);
+        }
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_pd(_mm256_sub_pd(t[k], magic), hi, out[k]);
+        }
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_pd(_mm256_sub_pd(t[k], magic), lo, r[k]);
+        }
+        for k in 0..K {
+            p[k] = _mm256_set1_pd(EXP_P_F64[0]);
+        }
+        for c in &EXP_P_F64[1..] {
+            for k in 0..K {
+                p[k] = _mm256_fmadd_pd(p[k], r[k], _mm256_set1_pd(*c));
+            }
+        }
+        // e^r − 1 = r·(1 + r·P(r)).
+        for k in 0..K {
+            p[k] = _mm256_mul_pd(r[k], _mm256_fmadd_pd(p[k], r[k], _mm256_set1_pd(1.0)));
+        }
+        for k in 0..K {
+            // 2^n: n + 1023 into the exponent field (0 at the clamp).
+            let s = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
+                _mm256_castpd_si256(t[k]),
+                _mm256_set1_epi64x(1023),
+            )));
+            out[k] = _mm256_fmadd_pd(s, p[k], s);
+        }
+        out
+    }
+}
+
+impl F64x4 {
+    /// `self` (e^x) where x is in the normal range, 0 below it.
+    #[inline(always)]
+    fn flushed(self, x: Self) -> Self {
+        // SAFETY: only reached from `run_f64`'s code, which has AVX2.
+        unsafe {
+            let under = _mm256_cmp_pd::<_CMP_LT_OQ>(x.0, _mm256_set1_pd(EXP_LO_F64));
+            F64x4(_mm256_andnot_pd(under, self.0))
         }
     }
 }
@@ -281,31 +430,29 @@ unsafe impl SimdVec for F64x4 {
     }
     #[inline(always)]
     fn exp(self) -> Self {
+        self.exp_in_sum().flushed(self)
+    }
+    #[inline(always)]
+    fn exp_in_sum(self) -> Self {
         // SAFETY: AVX2 and FMA are present (trait contract).
-        unsafe {
-            let x = self.0;
-            let lo = _mm256_set1_pd(EXP_LO_F64);
-            let xc = _mm256_max_pd(lo, x);
-            // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
-            let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
-            let t = _mm256_fmadd_pd(xc, _mm256_set1_pd(LOG2E_F64), magic);
-            let n = _mm256_sub_pd(t, magic);
-            let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(LN2_HI_F64), xc);
-            let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(LN2_LO_F64), r);
-            let mut p = _mm256_set1_pd(EXP_P_F64[0]);
-            for c in &EXP_P_F64[1..] {
-                p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
-            }
-            let one = _mm256_set1_pd(1.0);
-            let y = _mm256_fmadd_pd(_mm256_fmadd_pd(p, r, one), r, one);
-            let e = _mm256_slli_epi64::<52>(_mm256_add_epi64(
-                _mm256_castpd_si256(t),
-                _mm256_set1_epi64x(1023),
-            ));
-            let y = _mm256_mul_pd(y, _mm256_castsi256_pd(e));
-            let under = _mm256_cmp_pd::<_CMP_LT_OQ>(x, lo);
-            F64x4(_mm256_andnot_pd(under, y))
-        }
+        F64x4(unsafe { exp_f64_steps([self.0])[0] })
+    }
+    #[inline(always)]
+    fn exp_in_sum4(x: [Self; 4]) -> [Self; 4] {
+        let [a, b, c, d] = x;
+        // SAFETY: AVX2 and FMA are present (trait contract).
+        let [a, b, c, d] = unsafe { exp_f64_steps([a.0, b.0, c.0, d.0]) };
+        [F64x4(a), F64x4(b), F64x4(c), F64x4(d)]
+    }
+    #[inline(always)]
+    fn exp4(x: [Self; 4]) -> [Self; 4] {
+        let [a, b, c, d] = Self::exp_in_sum4(x);
+        [
+            a.flushed(x[0]),
+            b.flushed(x[1]),
+            c.flushed(x[2]),
+            d.flushed(x[3]),
+        ]
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {

@@ -134,12 +134,15 @@ fn prefetch<const L2: bool>(p: *const u8) {
 }
 
 /// Range reduction and polynomial constants shared by every vector `exp`.
-// The ln2/16 tables serve the AVX-512 tier only.
+// The ln2/16 and ln2/8 tables serve the x86 tiers only, Cephes' float32 polynomial NEON only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod consts {
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const LOG2E_F32: f32 = std::f32::consts::LOG2_E;
     /// ln 2 split in two (Cody–Waite): `C1` is exact in few bits, so `n * C1` is exact.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const LN2_HI_F32: f32 = 0.693_359_4;
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const LN2_LO_F32: f32 = -2.121_944_4e-4;
     /// Below ln(FLT_MIN) the result would be subnormal: it is flushed to zero.
     pub const EXP_LO_F32: f32 = -87.336_54;
@@ -148,6 +151,7 @@ pub(crate) mod consts {
     pub const EXP_FLOOR_F32: f32 = -104.0;
     /// Cephes `expf` minimax coefficients for e^r ≈ 1 + r + r²·P(r), |r| ≤ ln2/2, evaluated
     /// as (P·r + 1)·r + 1.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const EXP_P_F32: [f32; 6] = [
         1.987_569_1e-4,
         1.398_199_9e-3,
@@ -185,6 +189,33 @@ pub(crate) mod consts {
     ];
     /// e^r ≈ 1 + r + r²/2 + r³/6 on |r| ≤ ln2/32: truncation below 1e-8 relative.
     pub const EXP_P3_F32: [f32; 2] = [1.0 / 6.0, 0.5];
+
+    /// The AVX2 float32 `exp` reduces by ln2/8 and looks 2^(j/8) up in one register
+    /// (`vpermps` takes 8 entries), so a degree-4 polynomial suffices (truncation below 2e-9
+    /// relative) instead of Cephes' degree 7: three fewer FMA-pipe operations per vector and a
+    /// dependency chain a third shorter.
+    pub const LOG2E_X8_F32: f32 = 8.0 * std::f32::consts::LOG2_E;
+    /// ln2/8 split in two: the high part has 12 significant bits, so n·hi is exact for the
+    /// |n| ≤ 1008 of the clamped range.
+    pub const LN2_8_HI_F32: f32 = f32::from_bits(0x3db1_7000);
+    pub const LN2_8_LO_F32: f32 = f32::from_bits(0x3685_fdf4);
+    /// −1016·ln2/8: clamped here, x·8/ln2 rounds to n = −1016 = 8·(−127), whose 2^(n/8) built
+    /// from the table has an exponent field of 0 and a mantissa of 0: exactly 0.
+    pub const EXP_ZERO8_F32: f32 = f32::from_bits(0xc2b0_0f34);
+    /// e^r − 1 ≈ r + r²·(1/2 + r/6 + r²/24) on |r| ≤ ln2/16.
+    pub const EXP_P4_F32: [f32; 3] = [1.0 / 24.0, 1.0 / 6.0, 0.5];
+    /// The bits of 2^(j/8) less j·2^20, j = 0..7. With t = 1.5·2^23 + n (n = 8k + j in its
+    /// low bits), entry j plus the bits of t shifted left by 20 is 2^(j/8) with k added to
+    /// its exponent field: 2^(n/8) in two integer operations after the lookup.
+    pub const EXP2_J8_ADJ_F32: [u32; 8] = {
+        let mut t = [0u32; 8];
+        let mut j = 0;
+        while j < 8 {
+            t[j] = EXP2_J16_F32[2 * j].wrapping_sub((j as u32) << 20);
+            j += 1;
+        }
+        t
+    };
 
     /// The AVX-512 float64 `exp` uses the same ln2/16 reduction: a degree-7 polynomial then
     /// suffices (truncation below 3e-18) instead of degree 13.
@@ -228,6 +259,8 @@ pub(crate) mod consts {
     pub const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     pub const EXP_LO_F64: f64 = -708.396_418_532_264;
     pub const EXP_FLOOR_F64: f64 = -746.0;
+    /// −1023·ln2: clamped here, n = −1023, whose 2^n built in the exponent field is 0.
+    pub const EXP_ZERO_F64: f64 = -1023.0 * std::f64::consts::LN_2;
     /// Taylor coefficients 1/13! … 1/2!: truncation error below 1e-17 on |r| ≤ ln2/2.
     pub const EXP_P_F64: [f64; 12] = [
         1.0 / 6_227_020_800.0,
@@ -304,6 +337,37 @@ pub unsafe trait SimdVec: Copy {
     /// e^x for x ≤ 0: NaN stays NaN, −inf gives 0, and so does anything below the normal
     /// range (a tier with cheap subnormals may return the subnormal value instead).
     fn exp(self) -> Self;
+    /// e^x for x ≤ 0 where the result is only added into a sum that holds a 1 (the term of the
+    /// maximum): NaN stays NaN and −inf gives 0, but a term below the normal range may come
+    /// out as any value in [0, 2^−126] instead of 0 or its subnormal. n such terms move a sum
+    /// ≥ 1 by at most n·2^−126, far below its last bit;
+    /// `tests::exp_in_sum_on_a_dense_sweep` measures the bound.
+    #[inline(always)]
+    fn exp_in_sum(self) -> Self {
+        self.exp()
+    }
+    /// [`exp`](Self::exp) of four vectors, interleaved where the tier needs it (see
+    /// [`exp_in_sum4`](Self::exp_in_sum4)).
+    #[inline(always)]
+    fn exp4(x: [Self; 4]) -> [Self; 4] {
+        // Not `x.map(..)`: a closure may stay a call outside the `#[target_feature]` code.
+        let [a, b, c, d] = x;
+        [a.exp(), b.exp(), c.exp(), d.exp()]
+    }
+    /// [`exp_in_sum`](Self::exp_in_sum) of four vectors. A tier whose out-of-order window is
+    /// too small to overlap one vector's long dependency chain with the next ones' interleaves
+    /// the four chains step by step in program order instead.
+    #[inline(always)]
+    fn exp_in_sum4(x: [Self; 4]) -> [Self; 4] {
+        // Not `x.map(..)`: a closure may stay a call outside the `#[target_feature]` code.
+        let [a, b, c, d] = x;
+        [
+            a.exp_in_sum(),
+            b.exp_in_sum(),
+            c.exp_in_sum(),
+            d.exp_in_sum(),
+        ]
+    }
     /// `v * d`, but exactly 0 where `v == 0` (so 0 · ±inf = 0, as 0·log 0 = 0).
     fn mul_nonzero(v: Self, d: Self) -> Self;
     /// Per lane: `self + e` where `x != m` (NaN counts as unequal), and `cnt + 1` where

@@ -16,6 +16,7 @@ fn tiers() -> Vec<Tier> {
 #[derive(Clone, Copy)]
 enum Unary {
     Exp,
+    ExpInSum,
     Ln1p,
 }
 
@@ -23,21 +24,33 @@ impl Unary {
     fn apply<V: SimdVec>(self, v: V) -> V {
         match self {
             Unary::Exp => v.exp(),
+            Unary::ExpInSum => v.exp_in_sum(),
             Unary::Ln1p => v.ln_1p(),
+        }
+    }
+
+    /// Four vectors at once: `exp4` and `exp_in_sum4` must give `exp` and `exp_in_sum`.
+    fn apply4<V: SimdVec>(self, v: [V; 4]) -> [V; 4] {
+        match self {
+            Unary::Exp => V::exp4(v),
+            Unary::ExpInSum => V::exp_in_sum4(v),
+            Unary::Ln1p => v.map(V::ln_1p),
         }
     }
 
     fn reference(self, x: f64) -> f64 {
         match self {
-            Unary::Exp => x.exp(),
+            Unary::Exp | Unary::ExpInSum => x.exp(),
             Unary::Ln1p => x.ln_1p(),
         }
     }
 }
 
-/// Applies a vector function to `x` lane-wise (tails included) on one tier.
+/// Applies a vector function to `x` lane-wise (tails included) on one tier, four vectors at a
+/// time where `four`.
 struct Apply<'a, F> {
     op: Unary,
+    four: bool,
     x: &'a [F],
     out: &'a mut [F],
 }
@@ -50,6 +63,14 @@ impl<F: Float> Kernel for Apply<'_, F> {
         let mut i = 0;
         // SAFETY: loads and stores stay inside the slices.
         unsafe {
+            while self.four && i + 4 * l <= self.x.len() {
+                let p = self.x.as_ptr().add(i);
+                let v = [0, 1, 2, 3].map(|k| V::load(p.add(k * l)));
+                for (k, y) in self.op.apply4(v).into_iter().enumerate() {
+                    y.store(self.out.as_mut_ptr().add(i + k * l));
+                }
+                i += 4 * l;
+            }
             while i + l <= self.x.len() {
                 self.op
                     .apply(V::load(self.x.as_ptr().add(i)))
@@ -67,11 +88,16 @@ impl<F: Float> Kernel for Apply<'_, F> {
 }
 
 fn apply<F: Float>(tier: Tier, op: Unary, x: &[F]) -> Vec<F> {
+    apply_as(tier, op, false, x)
+}
+
+fn apply_as<F: Float>(tier: Tier, op: Unary, four: bool, x: &[F]) -> Vec<F> {
     let mut out = vec![F::ZERO; x.len()];
     F::dispatch(
         tier,
         Apply {
             op,
+            four,
             x,
             out: &mut out,
         },
@@ -171,6 +197,91 @@ fn exp_edge_values() {
         assert_eq!(out[3], 1.0);
         assert!((out[4] - (-1f64).exp()).abs() < 1e-16);
     }
+}
+
+/// Σ xs, compensated (Neumaier): exact to about one rounding of the total, so that two sums
+/// compare their terms, not their additions' rounding.
+fn exact_sum(xs: impl Iterator<Item = f64>) -> f64 {
+    let (mut s, mut c) = (0.0f64, 0.0f64);
+    for x in xs {
+        let t = s + x;
+        c += if s.abs() >= x.abs() {
+            (s - t) + x
+        } else {
+            (x - t) + s
+        };
+        s = t;
+    }
+    s + c
+}
+
+/// `exp_in_sum` over `xs` (≤ 0) on every tier, one and four vectors at a time: within 2 ulp
+/// where `exp` must be (from `exp_lo` up), in [0, `tiny`] below; exactly 0 at −inf, NaN at NaN.
+/// Then the sum 1 + Σ e^x (the kernels' sums hold a 1: the maximum's term) against float64,
+/// within the bound those give: 2 ulp of each normal term plus `tiny` per other term.
+/// `ulp_of_1` is the spacing of the type's values just above 1.
+fn exp_in_sum_bound<F: Float>(xs: &[F], exp_lo: f64, tiny: f64, ulp_of_1: f64) {
+    let mut with_edges = xs.to_vec();
+    with_edges.extend([F::NEG_INF, F::from_f64(f64::NAN)]);
+    let want: Vec<f64> = xs.iter().map(|x| x.to_f64().exp()).collect();
+    // 2 ulp of w: an ulp is at most ulp_of_1·w.
+    let per_term = |x: f64, w: f64| if x >= exp_lo { 2.0 * ulp_of_1 * w } else { tiny };
+    let bound = exact_sum(xs.iter().zip(&want).map(|(x, &w)| per_term(x.to_f64(), w)));
+    let total = 1.0 + exact_sum(want.iter().copied());
+    for tier in tiers() {
+        let one = apply(tier, Unary::ExpInSum, &with_edges);
+        for four in [false, true] {
+            let got = apply_as(tier, Unary::ExpInSum, four, &with_edges);
+            let n = xs.len();
+            assert_eq!(got[n].to_f64(), 0.0, "{tier:?}: e^-inf");
+            assert!(got[n + 1].to_f64().is_nan(), "{tier:?}: e^NaN");
+            for ((x, y), w) in xs.iter().zip(&got).zip(&want) {
+                let (x, y) = (x.to_f64(), y.to_f64());
+                if x >= exp_lo {
+                    assert!((y - w).abs() <= per_term(x, *w), "{tier:?}: e^{x} = {y}, not {w}");
+                } else {
+                    assert!((0.0..=tiny).contains(&y), "{tier:?}: e^{x} = {y}");
+                }
+            }
+            let sum = 1.0 + exact_sum(got[..n].iter().map(|y| y.to_f64()));
+            let err = (sum - total).abs();
+            eprintln!(
+                "exp_in_sum {}-bit {tier:?} four={four}: |error of the sum| {err:.3e} ≤ \
+                 bound {bound:.3e}, {:.3} ulp of the sum",
+                size_of::<F>() * 8,
+                err / (ulp_of_1 * total)
+            );
+            assert!(err <= bound, "{tier:?}: {err} > {bound}");
+            // Four at a time gives what one at a time does, bit for bit.
+            let same = |a: &[F], b: &[F]| a.iter().zip(b).all(|(a, b)| a == b || a != a);
+            assert!(same(&got, &one), "{tier:?}: exp_in_sum4");
+            let exps = apply(tier, Unary::Exp, &with_edges);
+            let exps4 = apply_as(tier, Unary::Exp, four, &with_edges);
+            assert!(same(&exps4, &exps), "{tier:?}: exp4");
+        }
+    }
+}
+
+#[test]
+fn exp_in_sum_f32_on_a_dense_sweep() {
+    // Every 61st float in [−110, 0]: past the clamp, through the range where only a bound
+    // holds, to 0.
+    let xs: Vec<f32> = (0u32..)
+        .map(|k| -f32::from_bits(k * 61))
+        .take_while(|&x| x >= -110.0)
+        .collect();
+    let lo = consts::EXP_LO_F32 as f64;
+    exp_in_sum_bound(&xs, lo, f32::MIN_POSITIVE as f64, f32::EPSILON as f64);
+}
+
+#[test]
+fn exp_in_sum_f64_on_a_dense_sweep() {
+    // 400 000 points in [−760, 0] and every double in a band across the clamp.
+    let mut xs: Vec<f64> = (0..400_000).map(|k| -760.0 * k as f64 / 400_000.0).collect();
+    let edge = consts::EXP_LO_F64;
+    xs.extend((0..20_000).map(|k| edge + 1.0 - 2.0 * k as f64 / 20_000.0));
+    let tiny = 2.0 * f64::MIN_POSITIVE;
+    exp_in_sum_bound(&xs, consts::EXP_LO_F64, tiny, f64::EPSILON);
 }
 
 #[test]
