@@ -62,6 +62,8 @@ unsafe fn mask64(n: usize) -> __m256i {
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
+// The loops over k step through parallel arrays at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn exp_f32_steps<const K: usize>(x: [__m256; K]) -> [__m256; K] {
     // Loops over k, not closures: nothing here may stay a call outside the caller's
@@ -297,12 +299,14 @@ unsafe impl SimdVec for F32x8 {
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
+// The loops over k step through parallel arrays at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
     // SAFETY: AVX2 and FMA are present (caller's contract).
     unsafe {
         let z = _mm256_setzero_pd();
-        let (mut t, mut r, mut p) = ([z; K], [z; K], [z; K]);
+        let (mut t, mut r) = ([z; K], [z; K]);
         // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
         let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
         let (l2e, hi, lo) = (
@@ -324,9 +328,7 @@ unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
         for k in 0..K {
             r[k] = _mm256_fnmadd_pd(_mm256_sub_pd(t[k], magic), lo, r[k]);
         }
-        for k in 0..K {
-            p[k] = _mm256_set1_pd(EXP_P_F64[0]);
-        }
+        let mut p = [_mm256_set1_pd(EXP_P_F64[0]); K];
         for c in &EXP_P_F64[1..] {
             for k in 0..K {
                 p[k] = _mm256_fmadd_pd(p[k], r[k], _mm256_set1_pd(*c));
