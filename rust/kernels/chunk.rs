@@ -292,16 +292,19 @@ unsafe fn sums<V: SimdVec, S: VSource<V>, const COUNT: bool>(
     let mut i = 0;
     // SAFETY: every load stays inside `x[..n]` and the lanes of `v` the caller vouched for.
     unsafe {
-        // Four vectors a step: a tier may interleave their exponentials (`exp_in_sum4`).
+        // Four vectors a step: a tier may interleave their exponentials (`exp_in_sum_many`).
         while i + 4 * l <= n {
             let mut xs = [zero; 4];
             let mut ds = [zero; 4];
             for k in 0..4 {
-                ahead.touch(i + k * l);
+                // One request per cache line: an AVX2 vector is half of one.
+                if (k * l * size_of::<V::F>()) % 64 == 0 {
+                    ahead.touch(i + k * l);
+                }
                 xs[k] = V::load(x.add(i + k * l));
                 ds[k] = xs[k].sub(mv);
             }
-            let es = V::exp_in_sum4(ds);
+            let es = V::exp_in_sum_many(ds);
             for k in 0..4 {
                 let vv = if S::ACTIVE {
                     Some(v.load(i + k * l))
@@ -427,13 +430,13 @@ pub unsafe fn write_exp<V: SimdVec, S: VSource<V>>(
     // SAFETY: every access stays inside `[..n]`; each lane is read before it is written, so
     // `out == x` is fine.
     unsafe {
-        // Four vectors a step: a tier may interleave their exponentials (`exp4`).
+        // Four vectors a step: a tier may interleave their exponentials (`exp_many`).
         while i + 4 * lanes <= n {
             let mut a = [f.m; 4];
             for (k, a) in a.iter_mut().enumerate() {
                 *a = V::load(x.add(i + k * lanes)).sub(f.m).sub(f.excess);
             }
-            let e = V::exp4(a);
+            let e = V::exp_many(a);
             for (k, e) in e.into_iter().enumerate() {
                 scaled_term::<V, S>(e, v.load(i + k * lanes), f).store(out.add(i + k * lanes));
             }

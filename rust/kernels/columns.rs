@@ -90,13 +90,19 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
         let ahead = Ahead::<true>::at(x.wrapping_add(READ_AHEAD / size_of::<V::F>()));
         if self.ready {
             for k in 0..steps {
+                let mut d = m;
                 for w in 0..W {
                     ahead.touch(k * step + w * V::LANES);
                     next.next();
                     // SAFETY: in bounds by the caller's contract.
                     let xv = unsafe { V::load(x.add(k * step + w * V::LANES)) };
                     b[w] = b[w].max_acc(xv);
-                    part[w] = part[w].add(xv.sub(m[w]).exp_in_sum());
+                    d[w] = xv.sub(m[w]);
+                }
+                // The W exponentials in one call: a tier may interleave them.
+                let e = V::exp_in_sum_many(d);
+                for w in 0..W {
+                    part[w] = part[w].add(e[w]);
                 }
             }
         } else {

@@ -211,21 +211,26 @@ unsafe impl SimdVec for F32x8 {
         F32x8(unsafe { exp_f32_steps([self.0])[0] })
     }
     #[inline(always)]
-    fn exp_in_sum4(x: [Self; 4]) -> [Self; 4] {
-        let [a, b, c, d] = x;
+    fn exp_in_sum_many<const K: usize>(x: [Self; K]) -> [Self; K] {
+        let mut v = [x[0].0; K];
+        for (v, x) in v.iter_mut().zip(&x) {
+            *v = x.0;
+        }
         // SAFETY: AVX2 and FMA are present (trait contract).
-        let [a, b, c, d] = unsafe { exp_f32_steps([a.0, b.0, c.0, d.0]) };
-        [F32x8(a), F32x8(b), F32x8(c), F32x8(d)]
+        let e = unsafe { exp_f32_steps(v) };
+        let mut out = x;
+        for (o, e) in out.iter_mut().zip(e) {
+            *o = F32x8(e);
+        }
+        out
     }
     #[inline(always)]
-    fn exp4(x: [Self; 4]) -> [Self; 4] {
-        let [a, b, c, d] = Self::exp_in_sum4(x);
-        [
-            a.flushed(x[0]),
-            b.flushed(x[1]),
-            c.flushed(x[2]),
-            d.flushed(x[3]),
-        ]
+    fn exp_many<const K: usize>(x: [Self; K]) -> [Self; K] {
+        let mut out = Self::exp_in_sum_many(x);
+        for (o, x) in out.iter_mut().zip(x) {
+            *o = o.flushed(x);
+        }
+        out
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {
@@ -440,21 +445,26 @@ unsafe impl SimdVec for F64x4 {
         F64x4(unsafe { exp_f64_steps([self.0])[0] })
     }
     #[inline(always)]
-    fn exp_in_sum4(x: [Self; 4]) -> [Self; 4] {
-        let [a, b, c, d] = x;
+    fn exp_in_sum_many<const K: usize>(x: [Self; K]) -> [Self; K] {
+        let mut v = [x[0].0; K];
+        for (v, x) in v.iter_mut().zip(&x) {
+            *v = x.0;
+        }
         // SAFETY: AVX2 and FMA are present (trait contract).
-        let [a, b, c, d] = unsafe { exp_f64_steps([a.0, b.0, c.0, d.0]) };
-        [F64x4(a), F64x4(b), F64x4(c), F64x4(d)]
+        let e = unsafe { exp_f64_steps(v) };
+        let mut out = x;
+        for (o, e) in out.iter_mut().zip(e) {
+            *o = F64x4(e);
+        }
+        out
     }
     #[inline(always)]
-    fn exp4(x: [Self; 4]) -> [Self; 4] {
-        let [a, b, c, d] = Self::exp_in_sum4(x);
-        [
-            a.flushed(x[0]),
-            b.flushed(x[1]),
-            c.flushed(x[2]),
-            d.flushed(x[3]),
-        ]
+    fn exp_many<const K: usize>(x: [Self; K]) -> [Self; K] {
+        let mut out = Self::exp_in_sum_many(x);
+        for (o, x) in out.iter_mut().zip(x) {
+            *o = o.flushed(x);
+        }
+        out
     }
     #[inline(always)]
     fn mul_nonzero(v: Self, d: Self) -> Self {

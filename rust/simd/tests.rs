@@ -29,11 +29,11 @@ impl Unary {
         }
     }
 
-    /// Four vectors at once: `exp4` and `exp_in_sum4` must give `exp` and `exp_in_sum`.
+    /// Four vectors at once: `exp_many` and `exp_in_sum_many` must give `exp` and `exp_in_sum`.
     fn apply4<V: SimdVec>(self, v: [V; 4]) -> [V; 4] {
         match self {
-            Unary::Exp => V::exp4(v),
-            Unary::ExpInSum => V::exp_in_sum4(v),
+            Unary::Exp => V::exp_many(v),
+            Unary::ExpInSum => V::exp_in_sum_many(v),
             Unary::Ln1p => v.map(V::ln_1p),
         }
     }
@@ -264,10 +264,10 @@ fn exp_in_sum_bound<F: Float>(xs: &[F], exp_lo: f64, tiny: f64, ulp_of_1: f64) {
             // Four at a time gives what one at a time does, bit for bit.
             let same =
                 |a: &[F], b: &[F]| a.iter().zip(b).all(|(a, b)| a == b || a.to_f64().is_nan());
-            assert!(same(&got, &one), "{tier:?}: exp_in_sum4");
+            assert!(same(&got, &one), "{tier:?}: exp_in_sum_many");
             let exps = apply(tier, Unary::Exp, &with_edges);
             let exps4 = apply_as(tier, Unary::Exp, four, &with_edges);
-            assert!(same(&exps4, &exps), "{tier:?}: exp4");
+            assert!(same(&exps4, &exps), "{tier:?}: exp_many");
         }
     }
 }
