@@ -446,15 +446,18 @@ unsafe impl SimdVec for F64x4 {
     }
     #[inline(always)]
     fn exp_in_sum_many<const K: usize>(x: [Self; K]) -> [Self; K] {
-        let mut v = [x[0].0; K];
-        for (v, x) in v.iter_mut().zip(&x) {
-            *v = x.0;
-        }
-        // SAFETY: AVX2 and FMA are present (trait contract).
-        let e = unsafe { exp_f64_steps(v) };
+        // Two chains at a time: four of float64's longer polynomial need more than the 16
+        // registers, and the compiler then orders the spilled chains one after the other.
         let mut out = x;
-        for (o, e) in out.iter_mut().zip(e) {
-            *o = F64x4(e);
+        for k in (0..K).step_by(2) {
+            if k + 1 < K {
+                // SAFETY: AVX2 and FMA are present (trait contract).
+                let [a, b] = unsafe { exp_f64_steps([x[k].0, x[k + 1].0]) };
+                (out[k], out[k + 1]) = (F64x4(a), F64x4(b));
+            } else {
+                // SAFETY: as above.
+                out[k] = F64x4(unsafe { exp_f64_steps([x[k].0])[0] });
+            }
         }
         out
     }
