@@ -339,9 +339,9 @@ pub unsafe trait SimdVec: Copy {
     fn exp(self) -> Self;
     /// e^x for x ≤ 0 where the result is only added into a sum that holds a 1 (the term of the
     /// maximum): NaN stays NaN and −inf gives 0, but a term below the normal range may come
-    /// out as any value in [0, 2^−126] instead of 0 or its subnormal. n such terms move a sum
-    /// ≥ 1 by at most n·2^−126, far below its last bit;
-    /// `tests::exp_in_sum_on_a_dense_sweep` measures the bound.
+    /// out as any value from 0 to twice the smallest normal number (2^−125 in float32) instead
+    /// of 0 or its subnormal. n such terms move a sum ≥ 1 by at most that much each, far below
+    /// its last bit; `tests::exp_in_sum_f32_on_a_dense_sweep` and `_f64_` measure the bound.
     #[inline(always)]
     fn exp_in_sum(self) -> Self {
         self.exp()
