@@ -51,6 +51,10 @@ def _entry(rank, world, store, fn, args):
     try:
         fn(rank, world, *args)
     finally:
+        # Every rank past its last collective before any tears gloo down: a rank that
+        # destroyed its group while a peer's last exchange was still in flight once died
+        # with "terminate called without an active exception" (SIGABRT) in CI.
+        dist.barrier()
         dist.destroy_process_group()
 
 
