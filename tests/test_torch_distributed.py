@@ -50,11 +50,12 @@ def _entry(rank, world, store, fn, args):
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         fn(rank, world, *args)
-    finally:
         # Every rank past its last collective before any tears gloo down: a rank that
         # destroyed its group while a peer's last exchange was still in flight once died
-        # with "terminate called without an active exception" (SIGABRT) in CI.
+        # with "terminate called without an active exception" (SIGABRT) in CI. A rank that
+        # failed skips it, so that its error is not held up behind peers that never come.
         dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

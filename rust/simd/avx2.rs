@@ -71,7 +71,8 @@ unsafe fn exp_f32_steps<const K: usize>(x: [__m256; K]) -> [__m256; K] {
     // SAFETY: AVX2 and FMA are present (caller's contract).
     unsafe {
         let z = _mm256_setzero_ps();
-        let (mut t, mut r, mut r2, mut a, mut s) = ([z; K], [z; K], [z; K], [z; K], [z; K]);
+        let (mut t, mut n, mut r) = ([z; K], [z; K], [z; K]);
+        let (mut r2, mut a, mut s) = ([z; K], [z; K], [z; K]);
         let (magic, l8) = (_mm256_set1_ps(12_582_912.0), _mm256_set1_ps(LOG2E_X8_F32));
         let (hi, lo) = (_mm256_set1_ps(LN2_8_HI_F32), _mm256_set1_ps(LN2_8_LO_F32));
         let [c4, c3, c2] = EXP_P4_F32;
@@ -87,10 +88,14 @@ unsafe fn exp_f32_steps<const K: usize>(x: [__m256; K]) -> [__m256; K] {
             t[k] = _mm256_fmadd_ps(out[k], l8, magic);
         }
         for k in 0..K {
-            r[k] = _mm256_fnmadd_ps(_mm256_sub_ps(t[k], magic), hi, out[k]);
+            n[k] = _mm256_sub_ps(t[k], magic);
+        }
+        // r = x − n·ln2/8 in two parts (Cody–Waite).
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_ps(n[k], hi, out[k]);
         }
         for k in 0..K {
-            r[k] = _mm256_fnmadd_ps(_mm256_sub_ps(t[k], magic), lo, r[k]);
+            r[k] = _mm256_fnmadd_ps(n[k], lo, r[k]);
         }
         // e^r − 1 by Estrin: r² alongside the first FMA shortens the chain.
         for k in 0..K {
@@ -311,7 +316,7 @@ unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
     // SAFETY: AVX2 and FMA are present (caller's contract).
     unsafe {
         let z = _mm256_setzero_pd();
-        let (mut t, mut r) = ([z; K], [z; K]);
+        let (mut t, mut n, mut r) = ([z; K], [z; K], [z; K]);
         // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
         let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
         let (l2e, hi, lo) = (
@@ -328,10 +333,14 @@ unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
             t[k] = _mm256_fmadd_pd(out[k], l2e, magic);
         }
         for k in 0..K {
-            r[k] = _mm256_fnmadd_pd(_mm256_sub_pd(t[k], magic), hi, out[k]);
+            n[k] = _mm256_sub_pd(t[k], magic);
+        }
+        // r = x − n·ln2 in two parts (Cody–Waite).
+        for k in 0..K {
+            r[k] = _mm256_fnmadd_pd(n[k], hi, out[k]);
         }
         for k in 0..K {
-            r[k] = _mm256_fnmadd_pd(_mm256_sub_pd(t[k], magic), lo, r[k]);
+            r[k] = _mm256_fnmadd_pd(n[k], lo, r[k]);
         }
         let mut p = [_mm256_set1_pd(EXP_P_F64[0]); K];
         for c in &EXP_P_F64[1..] {
