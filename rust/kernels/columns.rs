@@ -60,25 +60,11 @@ impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
 }
 
 impl<V: SimdVec, const W: usize> LaneStats<V, W> {
-    /// Folds steps `0..steps` of `W·LANES` adjacent lanes (each step `step` apart) into the
-    /// statistics: one block.
-    ///
-    /// # Safety
-    /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
-    #[inline(always)]
-    pub unsafe fn fold(&mut self, x: *const V::F, steps: usize, step: usize) {
-        // SAFETY: the caller's contract, passed on.
-        unsafe {
-            self.read(x, steps, step, &mut RowStream::none());
-            self.settle(x, steps, step);
-        }
-    }
-
     /// Reads steps `0..steps` into the open block, requesting one line of `next` (what the
     /// caller reads after these steps) per vector.
     ///
     /// # Safety
-    /// As [`fold`](Self::fold).
+    /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
     // The loops over `w` step through parallel arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
@@ -121,7 +107,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     /// totals, or are taken again where it reaches the maximum.
     ///
     /// # Safety
-    /// As [`fold`](Self::fold).
+    /// `x + k·step + j` must be readable for k < steps, j < W·LANES.
     #[inline(always)]
     unsafe fn settle(&mut self, x: *const V::F, steps: usize, step: usize) {
         let (zero, one, ninf) = (V::splat(V::F::ZERO), V::splat(V::F::ONE), V::F::NEG_INF);
@@ -216,7 +202,7 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
 /// # Safety
 /// `x + k·step + j` must be readable for k < steps, j < LANES.
 #[inline(always)]
-unsafe fn sum_split<V: SimdVec>(x: *const V::F, steps: usize, step: usize, m: V) -> (V, V) {
+pub unsafe fn sum_split<V: SimdVec>(x: *const V::F, steps: usize, step: usize, m: V) -> (V, V) {
     let zero = V::splat(V::F::ZERO);
     let (mut rest, mut cnt) = (zero, zero);
     for k in 0..steps {

@@ -4,7 +4,7 @@
 //! [`RowOp`] run by [`drive`].
 
 use super::chunk::{self, ClassWeights, NoWeights, Ones, ScaledSoftmax, Soft, SoftClass};
-use super::columns::LaneStats;
+use super::columns::sum_split;
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
@@ -219,6 +219,18 @@ pub trait RowOp<T: Elem>: Sync {
     /// `s.excess()`, computed once per row by the driver (a logarithm per row is much of the
     /// cost of short rows).
     fn done(&self, r: usize, s: &Stats, excess: f64);
+    /// [`RowOp::done`] for the rows of a vector of lanes (rows of few classes): an operation
+    /// may finish them together, without a `Stats` per row.
+    #[inline(always)]
+    fn done_lanes(&self, r: usize, lanes: &LaneRows<T::F>) {
+        lanes.each_done(self, r);
+    }
+    /// Whether this run writes anything (with [`RowOp::WRITES`], an operation that may or
+    /// may not have an output to write says which at run time).
+    #[inline(always)]
+    fn writes(&self) -> bool {
+        Self::WRITES
+    }
     /// Writes row `r`'s outputs over `range` (the whole row, or one segment). Implementations
     /// must be `#[inline(always)]`, so that the vector code lands in the caller's
     /// `#[target_feature]` instantiation instead of a call per intrinsic.
@@ -233,6 +245,41 @@ pub trait RowOp<T: Elem>: Sync {
         excess: f64,
         scratch: &mut Scratch<T::F>,
     );
+}
+
+/// The statistics of up to 16 rows of few classes reduced side by side, lane l being row
+/// r + l: the maximum, how many values equal it, the sum of e^(x − m) over the others, and
+/// lse − m.
+pub struct LaneRows<F> {
+    pub n: usize,
+    pub m: [F; 16],
+    pub cnt: [F; 16],
+    pub rest: [F; 16],
+    pub excess: [f64; 16],
+}
+
+impl<F: Float> LaneRows<F> {
+    /// Lane `l`'s statistics.
+    #[inline(always)]
+    pub fn stats(&self, l: usize) -> Stats {
+        let m = self.m[l].to_f64();
+        Stats {
+            m,
+            cnt: self.cnt[l].to_f64(),
+            rest: self.rest[l].to_f64(),
+            shift: Stats::shift_for(m),
+            dot: 0.0,
+            vsum: 0.0,
+        }
+    }
+
+    /// [`RowOp::done`] row by row: the default of [`RowOp::done_lanes`].
+    #[inline(always)]
+    pub fn each_done<T: Elem<F = F>, O: RowOp<T> + ?Sized>(&self, op: &O, r: usize) {
+        for l in 0..self.n {
+            op.done(r + l, &self.stats(l), self.excess[l]);
+        }
+    }
 }
 
 enum Phase<'a> {
@@ -335,35 +382,57 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
     units: Range<usize>,
     scratch: &mut Scratch<T::F>,
 ) -> usize {
-    let mut stats = [Stats::EMPTY; 16];
+    let lanes = V::LANES;
     // The rows transposed, class-major: the two passes then read whole vectors from L1.
     let mut buf = [T::F::ZERO; 16 * FEW_CLASSES];
+    let zero = T::F::ZERO;
+    let mut st = LaneRows {
+        n: lanes,
+        m: [zero; 16],
+        cnt: [zero; 16],
+        rest: [zero; 16],
+        excess: [0.0; 16],
+    };
     let mut r = units.start;
-    while r + V::LANES <= units.end {
-        let lanes = V::LANES;
-        // SAFETY: rows r..r + LANES exist, each `cols` native values; `buf` holds
-        // 16 · FEW_CLASSES ≥ LANES · cols values.
+    while r + lanes <= units.end {
+        // SAFETY: rows r..r + LANES exist, each `cols` ≤ FEW_CLASSES native values (so the
+        // strided offsets fit in 32 bits); `buf` holds 16 · FEW_CLASSES ≥ LANES · cols values.
         unsafe {
-            let x = std::slice::from_raw_parts(op.row(r) as *const T::F, lanes * cols);
-            for (l, row) in x.chunks_exact(cols).enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    buf[k * lanes + l] = v;
-                }
+            let x = op.row(r) as *const T::F;
+            // The rows four vectors of rows on, one request per vector of values: the
+            // strided loads alone leave the memory system idle between them.
+            let ahead = Ahead::<false>::at(x.wrapping_add(4 * lanes * cols));
+            let b = buf.as_mut_ptr();
+            let mut m = V::splat(T::F::NEG_INF);
+            for k in 0..cols {
+                ahead.touch(k * lanes);
+                let v = V::load_strided(x.add(k), cols);
+                v.store(b.add(k * lanes));
+                m = m.max_acc(v);
             }
-            let mut ls = LaneStats::<V, 1>::default();
-            ls.fold(buf.as_ptr(), cols, lanes);
-            ls.write(&mut stats);
-            let mut excess = [T::F::ZERO; 16];
-            ls.excess(0).store(excess.as_mut_ptr());
-            for (i, s) in stats[..lanes].iter().enumerate() {
-                let e = excess[i].to_f64();
-                op.done(r + i, s, e);
-                if O::WRITES {
-                    op.write::<V>(r + i, 0..cols, s, e, scratch);
-                }
+            let (rest, cnt) = sum_split::<V>(b, cols, lanes, m);
+            m.store(st.m.as_mut_ptr());
+            cnt.store(st.cnt.as_mut_ptr());
+            rest.store(st.rest.as_mut_ptr());
+            // lse − m = ln(1 + (cnt − 1 + rest)), the argument formed in float64 as in
+            // `Stats::excess`, the logarithm taken in vectors.
+            let mut u = [zero; 16];
+            for ((u, c), r) in u.iter_mut().zip(&st.cnt).zip(&st.rest).take(lanes) {
+                *u = T::F::from_f64(c.to_f64() - 1.0 + r.to_f64());
+            }
+            V::load(u.as_ptr()).ln_1p().store(u.as_mut_ptr());
+            for (e, u) in st.excess.iter_mut().zip(&u).take(lanes) {
+                *e = u.to_f64();
             }
         }
-        r += V::LANES;
+        op.done_lanes(r, &st);
+        if O::WRITES && op.writes() {
+            for l in 0..lanes {
+                // SAFETY: row r + l holds `cols` values and is this task's alone.
+                unsafe { op.write::<V>(r + l, 0..cols, &st.stats(l), st.excess[l], scratch) };
+            }
+        }
+        r += lanes;
     }
     r
 }

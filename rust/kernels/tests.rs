@@ -779,3 +779,62 @@ fn few_classes_take_the_rows_as_lanes_path_correctly() {
         }
     });
 }
+
+/// The rows-as-lanes path finishes plain class-index rows without `RowOp::done`; with class
+/// weights of 1 the same rows go through `done`, whose arithmetic is then the same to the bit.
+/// Rows of edge values (NaN, ±inf, all −inf, the label on −inf or on the maximum) and ignored
+/// rows, on every tier and lane count.
+#[test]
+fn few_classes_plain_rows_finish_as_the_general_path() {
+    let mut rng = Rng(21);
+    each_tier(|tier| {
+        for cols in 1..=crate::kernels::rows::FEW_CLASSES {
+            let rows = 53;
+            let mut x: Vec<f32> = (0..rows * cols)
+                .map(|_| 3.0 * rng.normal() as f32)
+                .collect();
+            let mut labels: Vec<i64> = (0..rows).map(|_| rng.below(cols) as i64).collect();
+            let row = |r: usize| r * cols..(r + 1) * cols;
+            x[row(1)].fill(f32::NEG_INFINITY);
+            x[row(2).start + cols / 2] = f32::NAN;
+            x[row(4).start + cols - 1] = f32::INFINITY;
+            x[row(5).start + labels[5] as usize] = f32::NEG_INFINITY;
+            x[row(6).start + labels[6] as usize] = 50.0;
+            labels[7] = IGNORE;
+            x[row(8)].fill(1.5);
+            labels[9] = IGNORE;
+            x[row(9)].fill(f32::NEG_INFINITY);
+            let ones = vec![1f32; cols];
+            let run = |weight: Option<&[f32]>| {
+                let (mut loss, mut lse, mut hits) =
+                    (vec![0.0; rows], vec![0f32; rows], vec![9; rows]);
+                let opts = CeOptions {
+                    weight,
+                    ignore_index: IGNORE,
+                    label_smoothing: 0.0,
+                    lse_square_scale: 0.0,
+                };
+                let out = RowResults {
+                    loss: &mut loss,
+                    lse: &mut lse,
+                    hits: Some(&mut hits),
+                };
+                let target = Target::Index(Labels::from(&labels[..]));
+                let s = cross_entropy(&x, cols, target, &opts, out).unwrap();
+                let bits = |v: &[f64]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let lse: Vec<u32> = lse.iter().map(|v| v.to_bits()).collect();
+                (bits(&loss), lse, hits, s.total.to_bits(), s.denom)
+            };
+            let (plain, general) = (run(None), run(Some(&ones)));
+            assert!(plain == general, "{tier:?} cols={cols}");
+            // The edge rows' values themselves: NaN where the row holds NaN or +inf.
+            let loss = f64::from_bits(plain.0[2]);
+            assert!(loss.is_nan() && f64::from_bits(plain.0[4]).is_nan());
+            assert_eq!(f64::from_bits(plain.0[7]), 0.0, "{tier:?} cols={cols}");
+            assert_eq!(
+                plain.2[6], 1,
+                "{tier:?} cols={cols}: the label holds the maximum"
+            );
+        }
+    });
+}

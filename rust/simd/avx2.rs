@@ -41,6 +41,22 @@ unsafe fn mask32(n: usize) -> __m256i {
     }
 }
 
+/// l·stride in lane l of eight 32-bit lanes: the offsets of a strided gather (also of the
+/// AVX-512 float64 one, whose eight offsets are 32-bit).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline(always)]
+pub(super) unsafe fn strided_offsets(stride: usize) -> __m256i {
+    // SAFETY: AVX2 is present (caller's contract).
+    unsafe {
+        _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(stride as i32),
+        )
+    }
+}
+
 /// All-ones in the first `n` 64-bit lanes.
 #[inline(always)]
 unsafe fn mask64(n: usize) -> __m256i {
@@ -164,6 +180,12 @@ unsafe impl SimdVec for F32x8 {
                 _mm256_castsi256_ps(m),
             ))
         }
+    }
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize) -> Self {
+        // SAFETY: the offsets l·stride fit in 32 bits and address readable values (the
+        // caller's contract); AVX2 is present (only `run_f32` instantiates this type).
+        unsafe { F32x8(_mm256_i32gather_ps::<4>(p, strided_offsets(stride))) }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -402,6 +424,14 @@ unsafe impl SimdVec for F64x4 {
                 v,
                 _mm256_castsi256_pd(m),
             ))
+        }
+    }
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f64, stride: usize) -> Self {
+        // SAFETY: as for float32.
+        unsafe {
+            let at = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride as i32));
+            F64x4(_mm256_i32gather_pd::<8>(p, at))
         }
     }
     #[inline(always)]

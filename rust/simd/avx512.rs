@@ -1,5 +1,6 @@
 //! AVX-512F: 16 float32 or 8 float64 lanes, masked tails, `scalef` for the exponent.
 
+use super::avx2::strided_offsets;
 use super::consts::*;
 use super::{log, Kernel, SimdVec};
 use std::arch::x86_64::*;
@@ -59,6 +60,16 @@ unsafe impl SimdVec for F32x16 {
     unsafe fn load_tail(p: *const f32, n: usize, fill: f32) -> Self {
         // SAFETY: the mask limits the read to the `n` elements the caller guarantees.
         F32x16(unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), tail_mask16(n), p) })
+    }
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize) -> Self {
+        // SAFETY: the offsets l·stride fit in 32 bits and address readable values (the
+        // caller's contract); AVX-512F is present (only `run_f32` instantiates this type).
+        unsafe {
+            let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let at = _mm512_mullo_epi32(iota, _mm512_set1_epi32(stride as i32));
+            F32x16(_mm512_i32gather_ps::<4>(at, p))
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -220,6 +231,11 @@ unsafe impl SimdVec for F64x8 {
     unsafe fn load_tail(p: *const f64, n: usize, fill: f64) -> Self {
         // SAFETY: the mask limits the read to the `n` elements the caller guarantees.
         F64x8(unsafe { _mm512_mask_loadu_pd(_mm512_set1_pd(fill), tail_mask8(n), p) })
+    }
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f64, stride: usize) -> Self {
+        // SAFETY: as for float32; the tier requires AVX2 too (`supported`).
+        unsafe { F64x8(_mm512_i32gather_pd::<8>(strided_offsets(stride), p)) }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f64) {

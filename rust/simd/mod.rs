@@ -72,11 +72,6 @@ pub struct RowStream {
 }
 
 impl RowStream {
-    /// A stream that requests nothing.
-    pub fn none() -> RowStream {
-        RowStream::new(std::ptr::null::<u8>(), 0, 0, 0)
-    }
-
     /// `rows` segments of `len` elements from `p` on, `step` elements apart (any address: a
     /// request never faults).
     pub fn new<T>(p: *const T, len: usize, step: usize, rows: usize) -> RowStream {
@@ -320,6 +315,22 @@ pub unsafe trait SimdVec: Copy {
     /// # Safety
     /// `p` must be valid for reading `n` elements.
     unsafe fn load_tail(p: *const Self::F, n: usize, fill: Self::F) -> Self;
+    /// Lane l = `*p.add(l * stride)`: one value from each of `LANES` rows `stride` apart, as
+    /// when rows of a few classes are transposed so that lanes are rows. Tiers with a gather
+    /// instruction use it; a loop of loads elsewhere.
+    /// # Safety
+    /// `p.add(l * stride)` must be readable for every l < LANES, and `stride · LANES` must be
+    /// below 2^31 (gathers take 32-bit offsets).
+    #[inline(always)]
+    unsafe fn load_strided(p: *const Self::F, stride: usize) -> Self {
+        let mut u = [Self::F::ZERO; 16];
+        for (l, u) in u[..Self::LANES].iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            *u = unsafe { *p.add(l * stride) };
+        }
+        // SAFETY: `u` holds 16 ≥ LANES values.
+        unsafe { Self::load(u.as_ptr()) }
+    }
     /// # Safety
     /// `p` must be valid for writing `LANES` elements.
     unsafe fn store(self, p: *mut Self::F);

@@ -423,3 +423,67 @@ fn masked_and_horizontal_ops_agree_across_tiers() {
         }
     }
 }
+
+/// Every `load_strided` of `x` with `stride` and each start below it, lanes in order.
+struct Strided<'a, F> {
+    x: &'a [F],
+    stride: usize,
+    out: &'a mut Vec<F>,
+}
+
+impl<F: Float> Kernel for Strided<'_, F> {
+    type F = F;
+    type Out = usize;
+    fn run<V: SimdVec<F = F>>(self) -> usize {
+        let mut lanes = [F::ZERO; 16];
+        for k in 0..self.stride {
+            assert!(k + (V::LANES - 1) * self.stride < self.x.len());
+            // SAFETY: the largest offset read is inside `x` (asserted); `lanes` holds 16.
+            unsafe {
+                V::load_strided(self.x.as_ptr().add(k), self.stride).store(lanes.as_mut_ptr())
+            };
+            self.out.extend_from_slice(&lanes[..V::LANES]);
+        }
+        V::LANES
+    }
+}
+
+fn strided_loads_match<F: Float>() {
+    // Distinct values, NaN and the infinities among them, so a lane from the wrong place shows.
+    let x: Vec<F> = (0..16 * 40)
+        .map(|i| match i % 97 {
+            5 => F::from_f64(f64::NAN),
+            6 => F::from_f64(f64::INFINITY),
+            7 => F::NEG_INF,
+            _ => F::from_f64(i as f64 * 0.5 - 100.0),
+        })
+        .collect();
+    for tier in tiers() {
+        for stride in 1..=33 {
+            let mut out = Vec::new();
+            let lanes = F::dispatch(
+                tier,
+                Strided {
+                    x: &x,
+                    stride,
+                    out: &mut out,
+                },
+            );
+            for k in 0..stride {
+                for l in 0..lanes {
+                    let (got, want) = (out[k * lanes + l], x[k + l * stride]);
+                    assert!(
+                        got.to_f64().to_bits() == want.to_f64().to_bits(),
+                        "{tier:?} stride {stride} start {k} lane {l}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_loads_take_one_value_per_row() {
+    strided_loads_match::<f32>();
+    strided_loads_match::<f64>();
+}
