@@ -276,8 +276,26 @@ impl Labels<'_> {
         }
     }
 
+    /// Label `r` as `i128` (every width and sign compared exactly): a branch on the width
+    /// per call, for code that reads one label per row of many values. Loops over many
+    /// labels use [`Labels::visit`] instead.
+    #[inline(always)]
+    pub fn get(&self, r: usize) -> i128 {
+        match self {
+            Labels::I8(y) => y[r].into(),
+            Labels::I16(y) => y[r].into(),
+            Labels::I32(y) => y[r].into(),
+            Labels::I64(y) => y[r].into(),
+            Labels::U8(y) => y[r].into(),
+            Labels::U16(y) => y[r].into(),
+            Labels::U32(y) => y[r].into(),
+            Labels::U64(y) => y[r].into(),
+        }
+    }
+
     /// `visitor` on the typed slice `range`: a loop over many labels then has no branch on
     /// their width.
+    #[inline(always)]
     pub fn visit<R>(&self, range: std::ops::Range<usize>, visitor: impl LabelVisitor<R>) -> R {
         match self {
             Labels::I8(y) => visitor.visit(&y[range]),

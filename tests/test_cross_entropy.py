@@ -86,12 +86,26 @@ def test_low_precision_against_float64(rng, ref, dtype, cols):
     np.testing.assert_allclose(mean, ref.ce(x, y, label_smoothing=0.1), *tol(dtype))
 
 
+@pytest.mark.parametrize("classes", [7, 257])
 @pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
-def test_every_integer_label_dtype(rng, ref, label_dtype):
-    x = rng.standard_normal((50, 7))
-    y = rng.integers(0, 7, 50)
-    want = ref.ce(x, y)
-    assert mlecore.cross_entropy(x, y.astype(label_dtype)) == pytest.approx(want, rel=1e-13)
+def test_every_integer_label_dtype(rng, ref, label_dtype, classes):
+    """Every integer width and sign, on rows of few classes (their labels read a vector of
+    rows at a time) and on long rows (one label per row), with ignored rows: ignore_index is
+    −100 for signed labels and a large one of the type for unsigned ones."""
+    info = np.iinfo(label_dtype)
+    ignore = -100 if info.min < 0 else min(int(info.max), 2**31 - 1)
+    x = rng.standard_normal((50, classes))
+    y = rng.integers(0, min(classes, info.max), 50)
+    y[[3, 17, 40]] = ignore
+    typed = y.astype(label_dtype)
+    assert mlecore.cross_entropy(x, typed, ignore_index=ignore) == pytest.approx(
+        ref.ce(x, y, ignore_index=ignore), rel=1e-13)
+    loss, grad = mlecore.cross_entropy_with_grad(x, typed, ignore_index=ignore,
+                                                 reduction="sum")
+    want_loss, want_grad = ref.ce_grad(x, y, ignore_index=ignore, reduction="sum")
+    assert loss == pytest.approx(float(want_loss), rel=1e-13)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-11, atol=1e-13)
+    assert not grad[[3, 17, 40]].any()
 
 
 def test_huge_class_count(rng, ref):

@@ -59,6 +59,21 @@ impl<V: SimdVec, const W: usize> Default for LaneStats<V, W> {
     }
 }
 
+/// lse − m = ln(1 + (cnt − 1 + rest)) of a vector of lanes, lane l's count and rest being
+/// `cnt_rest(l)`: [`Stats::excess`] for a vector of lanes at once, the argument formed in
+/// float64 as there (a scalar `ln_1p` per lane costs more than the rest of a short
+/// reduction).
+#[inline(always)]
+pub fn excess_lanes<V: SimdVec>(cnt_rest: impl Fn(usize) -> (f64, f64)) -> V {
+    let mut u = [V::F::ZERO; 16];
+    for (l, u) in u[..V::LANES].iter_mut().enumerate() {
+        let (cnt, rest) = cnt_rest(l);
+        *u = V::F::from_f64(cnt - 1.0 + rest);
+    }
+    // SAFETY: `u` holds 16 ≥ LANES values.
+    unsafe { V::load(u.as_ptr()) }.ln_1p()
+}
+
 impl<V: SimdVec, const W: usize> LaneStats<V, W> {
     /// Reads steps `0..steps` into the open block, requesting one line of `next` (what the
     /// caller reads after these steps) per vector.
@@ -151,16 +166,10 @@ impl<V: SimdVec, const W: usize> LaneStats<V, W> {
         }
     }
 
-    /// lse − m of vector `w`'s lanes: [`Stats::excess`] for a vector of lanes at once (a
-    /// scalar `ln_1p` per lane costs more than the rest of a short reduction).
+    /// lse − m of vector `w`'s lanes.
     #[inline(always)]
     pub fn excess(&self, w: usize) -> V {
-        let mut u = [V::F::ZERO; 16];
-        for (l, u) in u[..V::LANES].iter_mut().enumerate() {
-            *u = V::F::from_f64(self.cnt[w][l] - 1.0 + self.rest[w][l]);
-        }
-        // SAFETY: `u` holds 16 ≥ LANES values.
-        unsafe { V::load(u.as_ptr()) }.ln_1p()
+        excess_lanes(|l| (self.cnt[w][l], self.rest[w][l]))
     }
 
     /// The log-sum-exp of every lane, in lane order, into `out[..W·LANES]`.

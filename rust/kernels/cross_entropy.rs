@@ -162,48 +162,52 @@ struct LabelCheck<'a, F> {
     weight: Option<&'a [F]>,
 }
 
+impl<F: Float> LabelCheck<'_, F> {
+    fn out_of_range(&self, i: usize, value: i128) -> KernelError {
+        KernelError::TargetOutOfBounds {
+            position: self.offset + i,
+            value,
+            classes: self.classes,
+            ignore_index: self.ignore_index,
+        }
+    }
+}
+
 impl<F: Float> LabelVisitor<Result<f64, KernelError>> for LabelCheck<'_, F> {
     fn visit<L: Label>(self, labels: &[L]) -> Result<f64, KernelError> {
-        if self.weight.is_none() {
-            // First without a branch per label (the common case: every label valid): the
-            // count of ignored labels and whether any is out of range. Only a block that
-            // holds a bad label goes through the loop below, which finds the first.
-            let (ignore, classes) = (self.ignore_index as i128, self.classes as i128);
-            let (mut ignored, mut bad) = (0usize, false);
-            for &y in labels {
+        let (ignore, classes) = (self.ignore_index as i128, self.classes as i128);
+        let bad = |v: i128| (v != ignore) & ((v < 0) | (v >= classes));
+        if let Some(w) = self.weight {
+            let mut wsum = [0.0; 4];
+            for (i, &y) in labels.iter().enumerate() {
                 let v: i128 = y.into();
-                let skip = v == ignore;
-                ignored += skip as usize;
-                bad |= !skip & ((v < 0) | (v >= classes));
+                if bad(v) {
+                    return Err(self.out_of_range(i, v));
+                }
+                if v != ignore {
+                    wsum[i % 4] += w[v as usize].to_f64();
+                }
             }
-            if !bad {
-                return Ok((labels.len() - ignored) as f64);
-            }
+            return Ok((wsum[0] + wsum[2]) + (wsum[1] + wsum[3]));
         }
-        // Without weights the denominator is a count: no chain of float additions.
-        let (mut count, mut wsum) = (0usize, [0.0; 4]);
-        for (i, &y) in labels.iter().enumerate() {
+        // Without weights the denominator is a count, taken without a branch per label (the
+        // common case: every label valid); only a block that holds a bad label is searched
+        // again, for the first.
+        let (mut ignored, mut any_bad) = (0usize, false);
+        for &y in labels {
             let v: i128 = y.into();
-            if v == self.ignore_index as i128 {
-                continue;
-            }
-            if v < 0 || v >= self.classes as i128 {
-                return Err(KernelError::TargetOutOfBounds {
-                    position: self.offset + i,
-                    value: v,
-                    classes: self.classes,
-                    ignore_index: self.ignore_index,
-                });
-            }
-            count += 1;
-            if let Some(w) = self.weight {
-                wsum[i % 4] += w[v as usize].to_f64();
+            ignored += (v == ignore) as usize;
+            any_bad |= bad(v);
+        }
+        if any_bad {
+            for (i, &y) in labels.iter().enumerate() {
+                let v: i128 = y.into();
+                if bad(v) {
+                    return Err(self.out_of_range(i, v));
+                }
             }
         }
-        Ok(match self.weight {
-            None => count as f64,
-            Some(_) => (wsum[0] + wsum[2]) + (wsum[1] + wsum[3]),
-        })
+        Ok((labels.len() - ignored) as f64)
     }
 }
 
@@ -251,23 +255,14 @@ enum Outputs<'a, T: Elem> {
     Grad(GradOut<'a, T>),
 }
 
-/// The target as the kernel reads it, its labels of one type `L`.
-enum Typed<'a, T, L> {
-    Index(&'a [L]),
-    Probs(&'a [T]),
-}
-
-impl<T, L> Clone for Typed<'_, T, L> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T, L> Copy for Typed<'_, T, L> {}
-
-struct Ce<'a, T: Elem, L, const STATS: bool> {
+/// The kernel of every pass. Not generic over the labels' integer type: a kernel compiled
+/// per type (eight of them) multiplied the code built for every tier, and the one branch on
+/// the width per row costs nothing beside a row's values; rows of few classes read their
+/// labels a vector of rows at a time ([`Ce::done_lanes`]).
+struct Ce<'a, T: Elem, const STATS: bool> {
     x: *const T,
     cols: usize,
-    target: Typed<'a, T, L>,
+    target: Target<'a, T>,
     weight: Option<&'a [T::F]>,
     ignore: i128,
     eps: f64,
@@ -283,13 +278,13 @@ struct Ce<'a, T: Elem, L, const STATS: bool> {
 
 // SAFETY: `x` and the targets are only read; outputs are written at disjoint rows or
 // segments (the `RowOp` contract), through `Shared`/`SendPtr`.
-unsafe impl<T: Elem, L: Label, const S: bool> Sync for Ce<'_, T, L, S> {}
+unsafe impl<T: Elem, const S: bool> Sync for Ce<'_, T, S> {}
 
-impl<'a, T: Elem, L: Label, const STATS: bool> Ce<'a, T, L, STATS> {
+impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
     fn new(
         x: *const T,
         cols: usize,
-        target: Typed<'a, T, L>,
+        target: Target<'a, T>,
         opts: &CeOptions<'a, T::F>,
         out: Outputs<'a, T>,
     ) -> Self {
@@ -315,11 +310,11 @@ impl<'a, T: Elem, L: Label, const STATS: bool> Ce<'a, T, L, STATS> {
     /// The class of row `r`, `None` when it is ignored (labels were checked already).
     fn class(&self, r: usize) -> Option<usize> {
         match self.target {
-            Typed::Index(y) => {
-                let v: i128 = y[r].into();
+            Target::Index(y) => {
+                let v = y.get(r);
                 (v != self.ignore).then_some(v as usize)
             }
-            Typed::Probs(_) => None,
+            Target::Probs(_) => None,
         }
     }
 
@@ -341,7 +336,7 @@ impl<'a, T: Elem, L: Label, const STATS: bool> Ce<'a, T, L, STATS> {
     }
 }
 
-impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
+impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
     const WRITES: bool = true;
     const STATS: bool = STATS;
 
@@ -351,9 +346,9 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
 
     fn weights(&self, r: usize) -> RowWeights<'_, T> {
         match self.target {
-            Typed::Index(_) if self.eps == 0.0 => RowWeights::None,
-            Typed::Index(_) => self.weight.map_or(RowWeights::Ones, RowWeights::Class),
-            Typed::Probs(t) => {
+            Target::Index(_) if self.eps == 0.0 => RowWeights::None,
+            Target::Index(_) => self.weight.map_or(RowWeights::Ones, RowWeights::Class),
+            Target::Probs(t) => {
                 let t = t.as_ptr().wrapping_add(r * self.cols);
                 let (a, b) = (
                     T::F::from_f64(1.0 - self.eps),
@@ -368,7 +363,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
     }
 
     fn plain(&self) -> bool {
-        matches!(self.target, Typed::Index(_)) && self.eps == 0.0
+        matches!(self.target, Target::Index(_)) && self.eps == 0.0
     }
 
     #[inline(always)]
@@ -384,8 +379,8 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         unsafe { lse.set(r, T::F::from_f64(lse_r)) };
         let mut hit = false;
         let value = match self.target {
-            Typed::Probs(_) => s.weighted_nll(excess),
-            Typed::Index(_) => match self.class(r) {
+            Target::Probs(_) => s.weighted_nll(excess),
+            Target::Index(_) => match self.class(r) {
                 None => 0.0,
                 Some(y) => {
                     // SAFETY: y < cols (checked labels), so this reads inside the row.
@@ -407,7 +402,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                 }
             },
         };
-        let ignored = matches!(self.target, Typed::Index(_)) && self.class(r).is_none();
+        let ignored = matches!(self.target, Target::Index(_)) && self.class(r).is_none();
         let value = if self.z > 0.0 && !ignored {
             value + self.z * lse_r * lse_r
         } else {
@@ -439,7 +434,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
     #[inline(always)]
     fn done_lanes(&self, r: usize, lanes: &LaneRows<T::F>) {
         let plain = self.eps == 0.0 && self.weight.is_none() && self.z == 0.0;
-        let (Typed::Index(y), true) = (self.target, plain) else {
+        let (Target::Index(y), true) = (self.target, plain) else {
             return lanes.each_done(self, r);
         };
         let Outputs::Rows {
@@ -448,31 +443,15 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
         else {
             return;
         };
-        for (l, &label) in y[r..r + lanes.n].iter().enumerate() {
-            let (m, excess) = (lanes.m[l].to_f64(), lanes.excess[l]);
-            // SAFETY: each row is finished exactly once.
-            unsafe { lse.set(r + l, T::F::from_f64(m + excess)) };
-            let v: i128 = label.into();
-            let (value, hit) = if v == self.ignore {
-                (0.0, false)
-            } else {
-                // SAFETY: the labels were checked, so v < cols: inside the row.
-                let xy = unsafe { *self.row(r + l).add(v as usize) }.to_f64();
-                ((m - xy) + excess, xy == m)
-            };
-            let bad = poisoned(m, excess);
-            let value = if !value.is_finite() && bad {
-                f64::NAN
-            } else {
-                value
-            };
-            if let Some(hits) = hits {
-                // SAFETY: as above.
-                unsafe { hits.set(r + l, (hit && !bad) as u8) };
-            }
-            // SAFETY: as above.
-            unsafe { loss.set(r + l, value) };
-        }
+        let finish = FinishLanes {
+            ce: self,
+            r,
+            lanes,
+            loss,
+            lse,
+            hits: hits.as_ref(),
+        };
+        y.visit(r..r + lanes.n, finish);
     }
 
     #[inline(always)]
@@ -494,7 +473,7 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
             None => (s.m, excess),
         };
         let class = self.class(r);
-        let ignored = class.is_none() && matches!(self.target, Typed::Index(_));
+        let ignored = class.is_none() && matches!(self.target, Target::Index(_));
         if ignored || poisoned(m, excess) {
             let value = if ignored { 0.0 } else { f64::NAN };
             // SAFETY: the row holds `cols` values; this task owns `range` of it.
@@ -539,6 +518,50 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for Ce<'_, T, L, STATS> {
                     *gy = T::from_f64((*gy).to_f64() - hot);
                 }
             }
+        }
+    }
+}
+
+/// [`Ce::done_lanes`]'s finish of a vector of plain rows, compiled per label width (small
+/// scalar code): its loop then reads the labels as they are, without a branch on their
+/// width or a widened copy.
+struct FinishLanes<'c, 'a, T: Elem, const STATS: bool> {
+    ce: &'c Ce<'a, T, STATS>,
+    r: usize,
+    lanes: &'c LaneRows<T::F>,
+    loss: &'c Shared<f64>,
+    lse: &'c Shared<T::F>,
+    hits: Option<&'c Shared<u8>>,
+}
+
+impl<T: Elem, const STATS: bool> LabelVisitor<()> for FinishLanes<'_, '_, T, STATS> {
+    #[inline(always)]
+    fn visit<L: Label>(self, labels: &[L]) {
+        let (ce, r, lanes) = (self.ce, self.r, self.lanes);
+        for (l, &label) in labels.iter().enumerate() {
+            let (m, excess) = (lanes.m[l].to_f64(), lanes.excess[l]);
+            // SAFETY: each row is finished exactly once.
+            unsafe { self.lse.set(r + l, T::F::from_f64(m + excess)) };
+            let v: i128 = label.into();
+            let (value, hit) = if v == ce.ignore {
+                (0.0, false)
+            } else {
+                // SAFETY: the labels were checked, so v < cols: inside the row.
+                let xy = unsafe { *ce.row(r + l).add(v as usize) }.to_f64();
+                ((m - xy) + excess, xy == m)
+            };
+            let bad = poisoned(m, excess);
+            let value = if !value.is_finite() && bad {
+                f64::NAN
+            } else {
+                value
+            };
+            if let Some(hits) = self.hits {
+                // SAFETY: as above.
+                unsafe { hits.set(r + l, (hit && !bad) as u8) };
+            }
+            // SAFETY: as above.
+            unsafe { self.loss.set(r + l, value) };
         }
     }
 }
@@ -591,8 +614,7 @@ fn check<T: Elem>(
     Ok(Checked { rows, denom })
 }
 
-/// Runs the kernel over `rows` rows, compiled for the labels' type (one dispatch per call: a
-/// branch on the label width per row cost a fifth of the time on rows of few classes).
+/// Runs the kernel over `rows` rows.
 fn run<'a, T: Elem, const STATS: bool>(
     x: *const T,
     cols: usize,
@@ -601,36 +623,7 @@ fn run<'a, T: Elem, const STATS: bool>(
     out: Outputs<'a, T>,
     rows: usize,
 ) {
-    struct Run<'a, 'o, T: Elem, const STATS: bool> {
-        x: *const T,
-        cols: usize,
-        opts: &'o CeOptions<'a, T::F>,
-        out: Outputs<'a, T>,
-        rows: usize,
-        probs: Option<&'a [T]>,
-    }
-    impl<'a, T: Elem, const STATS: bool> LabelVisitor<()> for Run<'a, '_, T, STATS> {
-        fn visit<L: Label>(self, labels: &[L]) {
-            let target = match self.probs {
-                Some(t) => Typed::Probs(t),
-                None => Typed::Index(labels),
-            };
-            let ce = Ce::<T, L, STATS>::new(self.x, self.cols, target, self.opts, self.out);
-            drive(&ce, self.rows, self.cols);
-        }
-    }
-    let run = |probs| Run::<T, STATS> {
-        x,
-        cols,
-        opts,
-        out,
-        rows,
-        probs,
-    };
-    match target {
-        Target::Index(labels) => labels.visit(0..labels.len(), run(None)),
-        Target::Probs(t) => run(Some(t)).visit::<u8>(&[]),
-    }
+    drive(&Ce::<T, STATS>::new(x, cols, target, opts, out), rows, cols);
 }
 
 fn summary(loss: &[f64], denom: f64) -> CeSummary {

@@ -4,7 +4,7 @@
 //! [`RowOp`] run by [`drive`].
 
 use super::chunk::{self, ClassWeights, NoWeights, Ones, ScaledSoftmax, Soft, SoftClass};
-use super::columns::sum_split;
+use super::columns::{excess_lanes, sum_split};
 use super::stats::Stats;
 use crate::elem::{Buf, Elem, CHUNK};
 use crate::parallel::{for_blocks, Shared};
@@ -367,7 +367,7 @@ impl<T: Elem, O: RowOp<T>> Kernel for Lanes<'_, T, O> {
 }
 
 fn few_classes<T: Elem, O: RowOp<T>>(op: &O, cols: usize) -> bool {
-    O::STATS && T::NATIVE && cols > 0 && cols <= FEW_CLASSES && op.plain()
+    cols > 0 && cols <= FEW_CLASSES && op.plain()
 }
 
 /// Rows `units` taken a vector of rows at a time (lane l = row r + l), for rows of few
@@ -414,13 +414,8 @@ unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
             m.store(st.m.as_mut_ptr());
             cnt.store(st.cnt.as_mut_ptr());
             rest.store(st.rest.as_mut_ptr());
-            // lse − m = ln(1 + (cnt − 1 + rest)), the argument formed in float64 as in
-            // `Stats::excess`, the logarithm taken in vectors.
             let mut u = [zero; 16];
-            for ((u, c), r) in u.iter_mut().zip(&st.cnt).zip(&st.rest).take(lanes) {
-                *u = T::F::from_f64(c.to_f64() - 1.0 + r.to_f64());
-            }
-            V::load(u.as_ptr()).ln_1p().store(u.as_mut_ptr());
+            excess_lanes::<V>(|l| (st.cnt[l].to_f64(), st.rest[l].to_f64())).store(u.as_mut_ptr());
             for (e, u) in st.excess.iter_mut().zip(&u).take(lanes) {
                 *e = u.to_f64();
             }
@@ -456,7 +451,9 @@ pub fn drive<T: Elem, O: RowOp<T>>(op: &O, rows: usize, cols: usize) {
             )
         })
     };
-    if nseg == 1 && few_classes::<T, O>(op, cols) {
+    // The constants first, as conditions of their own: the compiler then builds the lanes
+    // kernel only for the operations and types that can take it.
+    if O::STATS && T::NATIVE && nseg == 1 && few_classes::<T, O>(op, cols) {
         for_blocks(rows, cols, |units| {
             let end = units.end;
             let lanes = Lanes {

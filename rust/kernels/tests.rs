@@ -783,7 +783,7 @@ fn few_classes_take_the_rows_as_lanes_path_correctly() {
 /// The rows-as-lanes path finishes plain class-index rows without `RowOp::done`; with class
 /// weights of 1 the same rows go through `done`, whose arithmetic is then the same to the bit.
 /// Rows of edge values (NaN, ±inf, all −inf, the label on −inf or on the maximum) and ignored
-/// rows, on every tier and lane count.
+/// rows, on every tier and lane count, with labels of three widths.
 #[test]
 fn few_classes_plain_rows_finish_as_the_general_path() {
     let mut rng = Rng(21);
@@ -805,7 +805,7 @@ fn few_classes_plain_rows_finish_as_the_general_path() {
             labels[9] = IGNORE;
             x[row(9)].fill(f32::NEG_INFINITY);
             let ones = vec![1f32; cols];
-            let run = |weight: Option<&[f32]>| {
+            let run = |weight: Option<&[f32]>, labels: Labels| {
                 let (mut loss, mut lse, mut hits) =
                     (vec![0.0; rows], vec![0f32; rows], vec![9; rows]);
                 let opts = CeOptions {
@@ -819,14 +819,19 @@ fn few_classes_plain_rows_finish_as_the_general_path() {
                     lse: &mut lse,
                     hits: Some(&mut hits),
                 };
-                let target = Target::Index(Labels::from(&labels[..]));
-                let s = cross_entropy(&x, cols, target, &opts, out).unwrap();
+                let s = cross_entropy(&x, cols, Target::Index(labels), &opts, out).unwrap();
                 let bits = |v: &[f64]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 let lse: Vec<u32> = lse.iter().map(|v| v.to_bits()).collect();
                 (bits(&loss), lse, hits, s.total.to_bits(), s.denom)
             };
-            let (plain, general) = (run(None), run(Some(&ones)));
+            let typed = Labels::from(&labels[..]);
+            let (plain, general) = (run(None, typed), run(Some(&ones), typed));
             assert!(plain == general, "{tier:?} cols={cols}");
+            // Labels of other widths: the same values, read a vector of rows at a time.
+            let narrow: Vec<i8> = labels.iter().map(|&y| y as i8).collect();
+            let wide: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            assert!(run(None, Labels::from(&narrow[..])) == plain, "{tier:?} i8");
+            assert!(run(None, Labels::from(&wide[..])) == plain, "{tier:?} i32");
             // The edge rows' values themselves: NaN where the row holds NaN or +inf.
             let loss = f64::from_bits(plain.0[2]);
             assert!(loss.is_nan() && f64::from_bits(plain.0[4]).is_nan());

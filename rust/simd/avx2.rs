@@ -42,7 +42,8 @@ unsafe fn mask32(n: usize) -> __m256i {
 }
 
 /// l·stride in lane l of eight 32-bit lanes: the offsets of a strided gather (also of the
-/// AVX-512 float64 one, whose eight offsets are 32-bit).
+/// AVX-512 float64 one, whose eight offsets are 32-bit, and, the lower four, of the AVX2
+/// float64 one).
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -445,7 +446,7 @@ unsafe impl SimdVec for F64x4 {
     unsafe fn load_strided(p: *const f64, stride: usize) -> Self {
         // SAFETY: as for float32.
         unsafe {
-            let at = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(stride as i32));
+            let at = _mm256_castsi256_si128(strided_offsets(stride));
             F64x4(_mm256_i32gather_pd::<8>(p, at))
         }
     }
