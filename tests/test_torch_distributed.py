@@ -5,6 +5,7 @@ none in the backward, errors on every rank and never a hang (a stuck run fails o
 timeout), and a tensor-parallel training run that follows the single-process one."""
 
 import datetime
+import itertools
 import time
 
 import pytest
@@ -162,6 +163,96 @@ def _training(rank, world, sizes):
     assert ref < 0.5  # it learned
 
 
+def _linear_head(rank, world, sizes, dtype):
+    """The tensor-parallel head, whole and in chunks of rows (one gather per chunk forward,
+    none backward), against the single-process fused loss on every option."""
+    g = torch.Generator().manual_seed(5)
+    c, n, d = sum(sizes), 11, 6
+    start, stop = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    y[::4] = -100
+    cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    mtd.linear_cross_entropy(x, w[start:stop], y)  # the first call exchanges the class counts
+    for cfg, chunk in itertools.product(CONFIGS, (None, 4, 1)):
+        kw = dict(cfg)
+        labels = y
+        if "ignore_index" in kw:
+            labels = torch.where(y == -100, kw["ignore_index"], y)
+        weight = kw.pop("weight", None) and cw.to(dtype)
+        xs, xr = (x.to(dtype).clone().requires_grad_() for _ in range(2))
+        ws = w[start:stop].to(dtype).clone().requires_grad_()
+        bs = b[start:stop].to(dtype).clone().requires_grad_()
+        wr, br = w.to(dtype).clone().requires_grad_(), b.to(dtype).clone().requires_grad_()
+        with _Counted() as forward:
+            loss = mtd.linear_cross_entropy(
+                xs, ws, labels, local_bias=bs, chunk_size=chunk,
+                weight=None if weight is None else weight[start:stop], **kw)
+        with _Counted() as backward:
+            (loss.sum() * 1.5).backward()
+        ref = mt.linear_cross_entropy(xr, wr, labels, linear_bias=br, weight=weight, **kw)
+        (ref.sum() * 1.5).backward()
+        what = f"{cfg} chunk_size={chunk}"
+        torch.testing.assert_close(loss, ref, **tol, msg=what)
+        torch.testing.assert_close(xs.grad, xr.grad, **tol, msg=what)  # summed over ranks
+        torch.testing.assert_close(ws.grad, wr.grad[start:stop], **tol, msg=what)
+        torch.testing.assert_close(bs.grad, br.grad[start:stop], **tol, msg=what)
+        assert forward.calls == -(-n // (chunk or n)), (what, forward.calls)
+        assert backward.calls == 0, (what, backward.calls)
+    # An out-of-range label in a later chunk is named by its place in the whole target.
+    bad = y.clone()
+    bad[9] = c
+    with pytest.raises(IndexError, match=rf"target\[9\] = {c}"):
+        mtd.linear_cross_entropy(x, w[start:stop], bad, chunk_size=4)
+    # Shapes and chunk sizes are checked before any collective, alike on every rank.
+    with pytest.raises(ValueError, match=rf"local_weight must have shape \(C_local, {d}\)"):
+        mtd.linear_cross_entropy(x, w[start:stop, :3], y)
+    with pytest.raises(ValueError, match="local_bias must have shape"):
+        mtd.linear_cross_entropy(x, w[start:stop], y, local_bias=b)
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        mtd.linear_cross_entropy(x, w[start:stop], y, chunk_size=0)
+    # Unbatched input, and no gradient wanted.
+    one = mtd.linear_cross_entropy(x[0], w[start:stop], y[1], chunk_size=1)
+    torch.testing.assert_close(one, mt.linear_cross_entropy(x[0], w, y[1]))
+    with torch.no_grad():
+        torch.testing.assert_close(mtd.linear_cross_entropy(x, w[start:stop], y, chunk_size=3),
+                                   mt.linear_cross_entropy(x, w, y))
+
+
+def _peak_bytes(run) -> int:
+    """How far this process's resident memory rose above its level before `run()`."""
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current VmRSS
+        f.write("5")
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+    before = status("VmRSS:")
+    run()
+    return status("VmHWM:") - before
+
+
+def _head_memory(rank, world):
+    """A rank's logits would be 128 MiB (a peak of 130 MiB measured in one chunk); in chunks
+    of 256 rows (8 MiB of logits) the call's peak stays under half of that (32-40 MiB)."""
+    g = torch.Generator().manual_seed(1)
+    n, d, size = 4096, 32, 8192
+    x = torch.randn(n, d, generator=g).requires_grad_()
+    w = (torch.randn(size, d, generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, size * world, (n,), generator=g)
+
+    def step():
+        mtd.linear_cross_entropy(x, w, y, chunk_size=256).backward()
+
+    step()  # allocator and thread pools warmed up, gradients allocated
+    peak = _peak_bytes(step)
+    assert peak < 64 << 20, f"rank {rank}: {peak / 2**20:.0f} MiB above the resting level"
+
+
 def _linear_and_dtensor(rank, world, sizes):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -223,3 +314,12 @@ def test_tensor_parallel_training_follows_the_single_process_run():
 
 def test_tensor_parallel_head_and_sharded_dtensors():
     _run(3, _linear_and_dtensor, (4, 6, 3))
+
+
+@pytest.mark.parametrize("sizes,dtype", [((5, 0, 6), torch.float64), ((9, 4), torch.float32)])
+def test_tensor_parallel_head_in_chunks_of_rows(sizes, dtype):
+    _run(len(sizes), _linear_head, sizes, dtype)
+
+
+def test_tensor_parallel_head_never_holds_a_ranks_logits():
+    _run(2, _head_memory)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import _spec
+from .._linear_chunks import chunk_rows
 from . import _reference as R
 from ._functional import _class_rows, _float_input, _reduce, _target_kind
 from ._ops import RUST
@@ -53,51 +54,85 @@ def _starts(group, size: int, device) -> tuple[tuple[int, ...], tuple[int, ...]]
     return tuple(sum(sizes[:r]) for r in range(len(sizes))), sizes
 
 
+def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_shape,
+                   offset=0):
+    """Rows of this rank's capped logits x (R, C_local) in the compute dtype, global int64
+    labels y (R,): the per-row losses (float64, every rank alike), the `mean` denominator,
+    and what the gradient needs (`_vocab_grad`). One collective. `offset`: the rows'
+    position in the whole target, for the errors."""
+    rows, size = x.shape
+    valid = y != ignore
+    local = valid & (y >= start) & (y < start + size)
+    yl = torch.where(local, y - start, 0)
+    w = torch.ones(size, dtype=x.dtype, device=x.device) if weight is None else \
+        weight.to(x.dtype)
+    payload = torch.zeros(rows + 1, _WIDTH, dtype=torch.float64, device=x.device)
+    payload[0, _START], payload[0, _SIZE] = start, size
+    payload[0, _WSUM] = w.to(torch.float64).sum()
+    lse_local = RUST.logsumexp(x)  # the Rust kernel on CPU, torch's elsewhere
+    payload[1:, _LSE] = lse_local.to(torch.float64)
+    if size:
+        xy = x.gather(1, yl.unsqueeze(1)).squeeze(1).to(torch.float64)
+        payload[1:, _XY] = torch.where(local, xy, 0.0)
+        payload[1:, _WY] = torch.where(local, w[yl].to(torch.float64), 0.0)
+        if eps:
+            payload[1:, _WX] = (x.to(torch.float64) @ w.to(torch.float64))
+    payload[1:, _Y] = y.to(torch.float64)
+    world = dist.get_world_size(group)
+    gathered = [torch.empty_like(payload) for _ in range(world)]
+    dist.all_gather(gathered, payload, group=group)  # the one collective
+    g = torch.stack(gathered)  # (world, R + 1, width), the same on every rank
+    classes = _check_gathered(g, y, ignore, expected, target_shape, _group_key(group), offset)
+    parts = g[:, 1:]
+    lse = torch.logsumexp(parts[..., _LSE], dim=0)
+    xy, wy = parts[..., _XY].sum(0), parts[..., _WY].sum(0)
+    wsum, wx = g[:, 0, _WSUM].sum(), parts[..., _WX].sum(0)
+    smooth = eps / classes if classes else 0.0
+    a = (1 - eps) * wy + smooth * wsum
+    loss = (1 - eps) * wy * (lse - xy)
+    if eps:
+        loss = loss + smooth * (wsum * lse - wx)
+    loss = torch.where(a == 0, 0.0, loss)
+    if z:
+        loss = loss + z * lse * lse
+    poisoned = (lse == torch.inf) | torch.isnan(lse)
+    loss = torch.where(poisoned, torch.nan, loss)
+    loss = torch.where(valid, loss, 0.0)
+    denom = torch.where(valid, wy, 0.0).sum()
+    return loss, denom, (yl, local, valid, w, lse, lse_local, a, smooth)
+
+
+def _vocab_grad(x, saved, eps, z, grad_rows):
+    """This rank's slice of d loss / d x from `_vocab_forward`'s `saved`; no collective."""
+    yl, local, valid, w, lse, lse_local, a, smooth = saved
+    s = torch.where(valid, grad_rows, 0.0)
+    if z:
+        a = a + 2 * z * lse
+    # softmax over the whole vocabulary = the local softmax · e^(lse_local − lse).
+    empty = lse_local == -torch.inf  # all −inf here: no probability on this rank
+    factor = (s * a * torch.exp(lse_local.to(torch.float64) - lse)).to(x.dtype)
+    factor = torch.where((a == 0) | empty, 0.0, factor)
+    g = RUST.softmax(x)  # a fresh result: scaled in place below
+    g.masked_fill_(empty.unsqueeze(1), 0.0)
+    g.mul_(factor.unsqueeze(1))
+    if eps:
+        g.sub_((s * smooth).to(x.dtype).unsqueeze(1) * w)
+    if x.shape[-1]:
+        hot = torch.where(local, s * (1 - eps) * w[yl].to(torch.float64), 0.0)
+        g.scatter_add_(1, yl.unsqueeze(1), -hot.to(x.dtype).unsqueeze(1))
+    poisoned = (lse == torch.inf) | torch.isnan(lse)
+    return g.masked_fill_((poisoned & valid).unsqueeze(1), torch.nan)
+
+
 class _VocabParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, weight, start, ignore, eps, z, group, expected, target_shape):
         """x: (R, C_local) capped logits in the compute dtype; y: (R,) global int64 labels.
         Returns per-row losses (float64) and the mean's denominator."""
-        rows, size = x.shape
-        valid = y != ignore
-        local = valid & (y >= start) & (y < start + size)
-        yl = torch.where(local, y - start, 0)
-        w = torch.ones(size, dtype=x.dtype, device=x.device) if weight is None else \
-            weight.to(x.dtype)
-        payload = torch.zeros(rows + 1, _WIDTH, dtype=torch.float64, device=x.device)
-        payload[0, _START], payload[0, _SIZE] = start, size
-        payload[0, _WSUM] = w.to(torch.float64).sum()
-        lse_local = RUST.logsumexp(x)  # the Rust kernel on CPU, torch's elsewhere
-        payload[1:, _LSE] = lse_local.to(torch.float64)
-        if size:
-            xy = x.gather(1, yl.unsqueeze(1)).squeeze(1).to(torch.float64)
-            payload[1:, _XY] = torch.where(local, xy, 0.0)
-            payload[1:, _WY] = torch.where(local, w[yl].to(torch.float64), 0.0)
-            if eps:
-                payload[1:, _WX] = (x.to(torch.float64) @ w.to(torch.float64))
-        payload[1:, _Y] = y.to(torch.float64)
-        world = dist.get_world_size(group)
-        gathered = [torch.empty_like(payload) for _ in range(world)]
-        dist.all_gather(gathered, payload, group=group)  # the one collective
-        g = torch.stack(gathered)  # (world, R + 1, width), the same on every rank
-        classes = _check_gathered(g, y, ignore, expected, target_shape, _group_key(group))
-        parts = g[:, 1:]
-        lse = torch.logsumexp(parts[..., _LSE], dim=0)
-        xy, wy = parts[..., _XY].sum(0), parts[..., _WY].sum(0)
-        wsum, wx = g[:, 0, _WSUM].sum(), parts[..., _WX].sum(0)
-        smooth = eps / classes if classes else 0.0
-        a = (1 - eps) * wy + smooth * wsum
-        loss = (1 - eps) * wy * (lse - xy)
-        if eps:
-            loss = loss + smooth * (wsum * lse - wx)
-        loss = torch.where(a == 0, 0.0, loss)
-        if z:
-            loss = loss + z * lse * lse
-        poisoned = (lse == torch.inf) | torch.isnan(lse)
-        loss = torch.where(poisoned, torch.nan, loss)
-        loss = torch.where(valid, loss, 0.0)
-        denom = torch.where(valid, wy, 0.0).sum()
-        ctx.save_for_backward(x, yl, local, valid, w, lse, lse_local, a)
+        loss, denom, saved = _vocab_forward(x, y, weight, start, ignore, eps, z, group,
+                                            expected, target_shape)
+        *tensors, smooth = saved
+        ctx.save_for_backward(x, *tensors)
         ctx.options = (eps, z, smooth)
         ctx.mark_non_differentiable(denom)
         return loss, denom
@@ -105,33 +140,17 @@ class _VocabParallel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rows, _grad_denom):
         """This rank's slice of the gradient; no collective."""
-        x, yl, local, valid, w, lse, lse_local, a = ctx.saved_tensors
+        x, *tensors = ctx.saved_tensors
         eps, z, smooth = ctx.options
-        s = torch.where(valid, grad_rows, 0.0)
-        if z:
-            a = a + 2 * z * lse
-        # softmax over the whole vocabulary = the local softmax · e^(lse_local − lse).
-        empty = lse_local == -torch.inf  # all −inf here: no probability on this rank
-        factor = (s * a * torch.exp(lse_local.to(torch.float64) - lse)).to(x.dtype)
-        factor = torch.where((a == 0) | empty, 0.0, factor)
-        g = RUST.softmax(x)  # a fresh result: scaled in place below
-        g.masked_fill_(empty.unsqueeze(1), 0.0)
-        g.mul_(factor.unsqueeze(1))
-        if eps:
-            g.sub_((s * smooth).to(x.dtype).unsqueeze(1) * w)
-        if x.shape[-1]:
-            hot = torch.where(local, s * (1 - eps) * w[yl].to(torch.float64), 0.0)
-            g.scatter_add_(1, yl.unsqueeze(1), -hot.to(x.dtype).unsqueeze(1))
-        poisoned = (lse == torch.inf) | torch.isnan(lse)
-        g = torch.where((poisoned & valid).unsqueeze(1), torch.nan, g)
-        return g, *[None] * 9
+        return _vocab_grad(x, (*tensors, smooth), eps, z, grad_rows), *[None] * 9
 
 
 def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
-                    key) -> int:
+                    key, offset: int = 0) -> int:
     """Checks what every rank sees alike (so every rank raises alike, and none hangs): the
     ranks' slices tile the classes, the targets agree, every label is in range. Returns
-    the class count."""
+    the class count. Rows are named by their position in the whole target: `offset` + their
+    row in `y`."""
     starts = [int(v) for v in g[:, 0, _START]]
     sizes = [int(v) for v in g[:, 0, _SIZE]]
     if expected is not None and tuple(sizes) != expected:
@@ -148,14 +167,15 @@ def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
     targets = g[:, 1:, _Y]
     differ = (targets != targets[:1]).any(dim=0)
     if bool(differ.any()):
-        row = int(differ.nonzero()[0, 0])
-        values = [int(v) for v in targets[:, row]]
+        row = int(differ.nonzero()[0, 0]) + offset
+        values = [int(v) for v in targets[:, row - offset]]
         raise RuntimeError(f"target differs between ranks: row {row} holds {values} on ranks "
                            f"0..{len(values) - 1}; every rank must pass the same target")
     _, valid, bad = R.labels(y, edge, ignore)
     if y.numel() and bool(bad.any()):
         position = int(bad.nonzero()[0, 0])
-        raise _spec.label_error(position, int(y[position]), target_shape, edge, ignore)
+        raise _spec.label_error(position + offset, int(y[position]), target_shape, edge,
+                                ignore)
     return edge
 
 
@@ -279,12 +299,84 @@ class _SumGradients(torch.autograd.Function):
         return grad, None
 
 
+class _ParallelHead(torch.autograd.Function):
+    """The tensor-parallel head's loss in chunks of rows: per chunk this rank's logits, the
+    chunk's collective and losses; the backward pass recomputes each chunk's logits (no
+    collective: the saved global log-sum-exps are enough) and adds its share of dx, dw, db.
+    At most one chunk's logits, and its gradient, exist at a time."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, y, weight, start, ignore, eps, z, softcap, group, expected,
+                target_shape, step):
+        """x (N, D) with N > 0; w (C_local, D); y (N,) global int64 labels. Returns per-row
+        losses (float64) and the mean's denominator."""
+        n = x.shape[0]
+        losses, denoms, saved = [], [], []
+        for i in range(0, n, step):
+            capped = _head_logits(x[i:i + step], w, b, softcap)[1]
+            loss, denom, keep = _vocab_forward(capped, y[i:i + step], weight, start, ignore,
+                                               eps, z, group, expected, target_shape,
+                                               offset=i)
+            losses.append(loss)
+            denoms.append(denom)
+            saved.append(keep)
+        smooth = saved[0][-1]
+        # The per-row state of every chunk, concatenated (a few values per row); `w` of
+        # `_vocab_forward` is the class weights, the same for every chunk.
+        rows = [torch.cat([k[j] for k in saved]) for j in (0, 1, 2, 4, 5, 6)]
+        ctx.save_for_backward(x, w, b, saved[0][3], *rows)
+        ctx.options = (eps, z, smooth, softcap, step)
+        denom = torch.stack(denoms).sum()
+        ctx.mark_non_differentiable(denom)
+        return torch.cat(losses), denom
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_denom):
+        x, w, b, class_w, yl, local, valid, lse, lse_local, a = ctx.saved_tensors
+        eps, z, smooth, softcap, step = ctx.options
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = R.compute_dtype(w.dtype)
+        dx = torch.empty_like(x) if need_x else None
+        dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
+        db = torch.zeros(w.shape[0], dtype=acc, device=w.device) \
+            if need_b and b is not None else None
+        for i in range(0, x.shape[0], step):
+            j = min(i + step, x.shape[0])
+            xc = x[i:j]
+            logits, capped = _head_logits(xc, w, b, softcap)
+            part = (yl[i:j], local[i:j], valid[i:j], class_w, lse[i:j], lse_local[i:j],
+                    a[i:j], smooth)
+            g = _vocab_grad(capped, part, eps, z, grad_rows[i:j])
+            if softcap is not None:  # d(c·tanh(t/c))/dt = 1 − (capped/c)²
+                g.mul_(1 - (capped / softcap) ** 2)
+            if dw is not None:
+                dw.addmm_(g.t(), xc.to(acc))
+            if db is not None:
+                db += g.sum(0)
+            g = g.to(logits.dtype)
+            if dx is not None:
+                dx[i:j] = g @ w
+        return (dx, None if dw is None else dw.to(w.dtype),
+                None if db is None else db.to(b.dtype), *[None] * 11)
+
+
+def _head_logits(x, w, b, softcap):
+    """A chunk's logits (the input's dtype, as F.linear gives them) and their capped rows
+    in the compute dtype."""
+    logits = torch.nn.functional.linear(x, w, b)
+    rows = logits.to(R.compute_dtype(logits.dtype))
+    if softcap is not None:
+        rows = softcap * torch.tanh(rows / softcap)
+    return logits, rows.contiguous()
+
+
 def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
                          local_bias: Tensor | None = None, group=None,
                          class_start: int | None = None, weight: Tensor | None = None,
                          ignore_index: int = -100, reduction: str = "mean",
                          label_smoothing: float = 0.0, softcap: float | None = None,
-                         lse_square_scale: float = 0.0) -> Tensor:
+                         lse_square_scale: float = 0.0,
+                         chunk_size: int | None = None) -> Tensor:
     """A tensor-parallel LM head's loss: the projection's classes split across the ranks.
 
     Parameters
@@ -300,6 +392,10 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     group, class_start, weight, ignore_index, reduction, label_smoothing, softcap,
     lse_square_scale
         As in `cross_entropy`.
+    chunk_size : int, optional
+        Rows per chunk; by default the rule of `mlecore.linear_cross_entropy` applied to
+        this rank's classes (logits of about 128 MiB per chunk, 2048 rows where that
+        stays under 256 MiB). Every rank must use the same.
 
     Returns
     -------
@@ -310,18 +406,50 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
 
     Notes
     -----
-    This rank's logits (N, C_local) exist during the call (a 1/world share of the whole).
+    This rank's logits (N, C_local) exist whole only when they fit one chunk. Otherwise the
+    rows go in chunks, one `all_gather` per chunk in the forward pass, and the backward pass
+    recomputes each chunk's logits (one matrix product more) from the saved global
+    log-sum-exps, with no collective but the input gradient's `all_reduce`.
 
     Examples
     --------
     >>> import mlecore.torch.distributed as mtd
     >>> # on each rank: loss = mtd.linear_cross_entropy(h, head_shard.weight, y)
     """
+    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     x = _float_input(input)
+    if not _target_kind(target):
+        raise TypeError("mlecore.torch.distributed.linear_cross_entropy takes class indices; "
+                        f"got a target of dtype {target.dtype}")
+    if local_weight.ndim != 2 or local_weight.shape[-1] != x.shape[-1]:
+        raise ValueError(f"local_weight must have shape (C_local, {x.shape[-1]}), one row of "
+                         f"the input's features per class, got {tuple(local_weight.shape)}")
+    size = local_weight.shape[0]
+    if local_bias is not None and tuple(local_bias.shape) != (size,):
+        raise ValueError(f"local_bias must have shape ({size},), got "
+                         f"{tuple(local_bias.shape)}")
+    if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (size,)):
+        raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
+    _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
+    chunk_size = _spec.check_chunk_size(chunk_size)
+    expected = None
+    if class_start is None:
+        starts, expected = _starts(group, size, x.device)
+        class_start = starts[dist.get_rank(group)]
     if torch.is_grad_enabled() and x.requires_grad:
         x = _SumGradients.apply(x, group)
-    logits = torch.nn.functional.linear(x, local_weight, local_bias)
-    return cross_entropy(logits, target, group=group, class_start=class_start, weight=weight,
-                         ignore_index=ignore_index, reduction=reduction,
-                         label_smoothing=label_smoothing, softcap=softcap,
-                         lse_square_scale=lse_square_scale)
+    rows = x.reshape(-1, x.shape[-1])
+    y = R.wide_labels(target.reshape(-1))
+    n = rows.shape[0]
+    itemsize = torch.empty((), dtype=R.compute_dtype(x.dtype)).element_size()
+    step = chunk_rows(n, size, itemsize, chunk_size)
+    if step >= n:  # one chunk: its logits kept for the backward pass, nothing recomputed
+        capped = _head_logits(rows, local_weight, local_bias, softcap)[1]
+        loss_rows, denom = _VocabParallel.apply(capped, y, weight, int(class_start), ignore,
+                                                eps, z, group, expected, tuple(target.shape))
+    else:
+        loss_rows, denom = _ParallelHead.apply(rows, local_weight, local_bias, y, weight,
+                                               int(class_start), ignore, eps, z, softcap,
+                                               group, expected, tuple(target.shape), step)
+    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
