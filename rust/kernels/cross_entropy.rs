@@ -7,12 +7,13 @@
 //! v = (1 − ε)·w_y·onehot(y) + (ε/C)·w; for probabilities t, v = w·((1 − ε)·t + ε/C).
 
 use super::chunk::ScaledSoftmax;
-use super::rows::{drive, fill, write_exp, LaneRows, RowOp, RowWeights, Scratch};
+use super::rows::{drive, fill, rows_as_lanes, write_exp, LaneRows, RowOp, RowWeights, Scratch};
 use super::stats::{self, Stats};
 use crate::elem::{Elem, Label, LabelVisitor, Labels};
 use crate::error::{check_len, KernelError};
 use crate::parallel::{for_blocks, SendPtr, Shared};
 use crate::simd::{Float, SimdVec};
+use std::marker::PhantomData;
 use std::ops::Range;
 
 /// What the logits are compared against.
@@ -257,8 +258,8 @@ enum Outputs<'a, T: Elem> {
 
 /// The kernel of every pass. Not generic over the labels' integer type: a kernel compiled
 /// per type (eight of them) multiplied the code built for every tier, and the one branch on
-/// the width per row costs nothing beside a row's values; rows of few classes read their
-/// labels a vector of rows at a time ([`Ce::done_lanes`]).
+/// the width per row costs nothing beside a row's values. Only rows of few classes, where it
+/// would, run on a view compiled per type ([`TypedLabels`]).
 struct Ce<'a, T: Elem, const STATS: bool> {
     x: *const T,
     cols: usize,
@@ -310,12 +311,15 @@ impl<'a, T: Elem, const STATS: bool> Ce<'a, T, STATS> {
     /// The class of row `r`, `None` when it is ignored (labels were checked already).
     fn class(&self, r: usize) -> Option<usize> {
         match self.target {
-            Target::Index(y) => {
-                let v = y.get(r);
-                (v != self.ignore).then_some(v as usize)
-            }
+            Target::Index(y) => self.class_of(y.get(r)),
             Target::Probs(_) => None,
         }
+    }
+
+    /// The class of label `v`, `None` when it is ignored.
+    #[inline(always)]
+    fn class_of(&self, v: i128) -> Option<usize> {
+        (v != self.ignore).then_some(v as usize)
     }
 
     fn class_weight(&self, c: usize) -> f64 {
@@ -428,30 +432,28 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
         self.grad().is_some()
     }
 
-    /// Class indices without weights, smoothing or z-loss, the common case of rows of few
-    /// classes: [`RowOp::done`]'s arithmetic on that path, with the per-row branches and the
-    /// per-row `Stats` left out (they took most of the time of rows of ten classes).
     #[inline(always)]
-    fn done_lanes(&self, r: usize, lanes: &LaneRows<T::F>) {
-        let plain = self.eps == 0.0 && self.weight.is_none() && self.z == 0.0;
-        let (Target::Index(y), true) = (self.target, plain) else {
-            return lanes.each_done(self, r);
-        };
-        let Outputs::Rows {
-            loss, lse, hits, ..
-        } = &self.out
-        else {
-            return;
-        };
-        let finish = FinishLanes {
-            ce: self,
-            r,
-            lanes,
-            loss,
-            lse,
-            hits: hits.as_ref(),
-        };
-        y.visit(r..r + lanes.n, finish);
+    unsafe fn lanes<V: SimdVec<F = T::F>>(
+        &self,
+        cols: usize,
+        units: Range<usize>,
+        scratch: &mut Scratch<T::F>,
+    ) -> usize {
+        match self.target {
+            Target::Index(y) => {
+                let lanes = TypedLanes::<T, V, STATS> {
+                    ce: self,
+                    cols,
+                    units,
+                    scratch,
+                    _v: PhantomData,
+                };
+                y.visit(0..y.len(), lanes)
+            }
+            // Probabilities never take this path (not `plain`): every row is left to the
+            // row-at-a-time loop.
+            Target::Probs(_) => units.start,
+        }
     }
 
     #[inline(always)]
@@ -463,6 +465,26 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
         excess: f64,
         scratch: &mut Scratch<T::F>,
     ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.write_for::<V>(r, range, s, excess, self.class(r), scratch) }
+    }
+}
+
+impl<T: Elem, const STATS: bool> Ce<'_, T, STATS> {
+    /// [`RowOp::write`] for row `r` of class `class` (`None`: ignored, or probabilities).
+    ///
+    /// # Safety
+    /// As [`RowOp::write`].
+    #[inline(always)]
+    unsafe fn write_for<V: SimdVec<F = T::F>>(
+        &self,
+        r: usize,
+        range: Range<usize>,
+        s: &Stats,
+        excess: f64,
+        class: Option<usize>,
+        scratch: &mut Scratch<T::F>,
+    ) {
         let Some(grad) = self.grad() else {
             return;
         };
@@ -472,7 +494,6 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
             Some(lse) => (lse[r].to_f64(), 0.0),
             None => (s.m, excess),
         };
-        let class = self.class(r);
         let ignored = class.is_none() && matches!(self.target, Target::Index(_));
         if ignored || poisoned(m, excess) {
             let value = if ignored { 0.0 } else { f64::NAN };
@@ -522,33 +543,91 @@ impl<T: Elem, const STATS: bool> RowOp<T> for Ce<'_, T, STATS> {
     }
 }
 
-/// [`Ce::done_lanes`]'s finish of a vector of plain rows, compiled per label width (small
-/// scalar code): its loop then reads the labels as they are, without a branch on their
-/// width or a widened copy.
-struct FinishLanes<'c, 'a, T: Elem, const STATS: bool> {
+/// [`Ce`]'s rows of few classes run on [`TypedLabels`]: the labels' type chosen once per
+/// call ([`Labels::visit`]).
+struct TypedLanes<'c, 'a, T: Elem, V, const STATS: bool> {
     ce: &'c Ce<'a, T, STATS>,
-    r: usize,
-    lanes: &'c LaneRows<T::F>,
-    loss: &'c Shared<f64>,
-    lse: &'c Shared<T::F>,
-    hits: Option<&'c Shared<u8>>,
+    cols: usize,
+    units: Range<usize>,
+    scratch: &'c mut Scratch<T::F>,
+    _v: PhantomData<V>,
 }
 
-impl<T: Elem, const STATS: bool> LabelVisitor<()> for FinishLanes<'_, '_, T, STATS> {
+impl<T: Elem, V: SimdVec<F = T::F>, const STATS: bool> LabelVisitor<usize>
+    for TypedLanes<'_, '_, T, V, STATS>
+{
     #[inline(always)]
-    fn visit<L: Label>(self, labels: &[L]) {
-        let (ce, r, lanes) = (self.ce, self.r, self.lanes);
-        for (l, &label) in labels.iter().enumerate() {
+    fn visit<L: Label>(self, labels: &[L]) -> usize {
+        let typed = TypedLabels {
+            ce: self.ce,
+            labels,
+        };
+        // SAFETY: `Ce::lanes`' contract, which reached here: rows `units` hold `cols` values.
+        unsafe { rows_as_lanes::<T, _, V>(&typed, self.cols, self.units, self.scratch) }
+    }
+}
+
+/// [`Ce`] with its labels of one integer type `L`, for rows of few classes: per row of ten
+/// classes a branch on the labels' width was a measurable share of the work. Everything but
+/// reading a label is `Ce`'s.
+struct TypedLabels<'c, 'a, T: Elem, L, const STATS: bool> {
+    ce: &'c Ce<'a, T, STATS>,
+    labels: &'c [L],
+}
+
+impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for TypedLabels<'_, '_, T, L, STATS> {
+    const WRITES: bool = true;
+    const STATS: bool = STATS;
+
+    fn row(&self, r: usize) -> *const T {
+        self.ce.row(r)
+    }
+
+    fn weights(&self, r: usize) -> RowWeights<'_, T> {
+        self.ce.weights(r)
+    }
+
+    fn plain(&self) -> bool {
+        self.ce.plain()
+    }
+
+    #[inline(always)]
+    fn done(&self, r: usize, s: &Stats, excess: f64) {
+        self.ce.done(r, s, excess)
+    }
+
+    #[inline(always)]
+    fn writes(&self) -> bool {
+        self.ce.writes()
+    }
+
+    /// Class indices without weights, smoothing or z-loss, the common case of rows of few
+    /// classes: [`RowOp::done`]'s arithmetic on that path, with the per-row branches and the
+    /// per-row `Stats` left out (they took most of the time of rows of ten classes).
+    #[inline(always)]
+    fn done_lanes(&self, r: usize, lanes: &LaneRows<T::F>) {
+        let ce = self.ce;
+        let plain = ce.eps == 0.0 && ce.weight.is_none() && ce.z == 0.0;
+        let (
+            Outputs::Rows {
+                loss, lse, hits, ..
+            },
+            true,
+        ) = (&ce.out, plain)
+        else {
+            return lanes.each_done(self, r);
+        };
+        for (l, &label) in self.labels[r..r + lanes.n].iter().enumerate() {
             let (m, excess) = (lanes.m[l].to_f64(), lanes.excess[l]);
             // SAFETY: each row is finished exactly once.
-            unsafe { self.lse.set(r + l, T::F::from_f64(m + excess)) };
-            let v: i128 = label.into();
-            let (value, hit) = if v == ce.ignore {
-                (0.0, false)
-            } else {
-                // SAFETY: the labels were checked, so v < cols: inside the row.
-                let xy = unsafe { *ce.row(r + l).add(v as usize) }.to_f64();
-                ((m - xy) + excess, xy == m)
+            unsafe { lse.set(r + l, T::F::from_f64(m + excess)) };
+            let (value, hit) = match ce.class_of(label.into()) {
+                None => (0.0, false),
+                Some(y) => {
+                    // SAFETY: the labels were checked, so y < cols: inside the row.
+                    let xy = unsafe { *ce.row(r + l).add(y) }.to_f64();
+                    ((m - xy) + excess, xy == m)
+                }
             };
             let bad = poisoned(m, excess);
             let value = if !value.is_finite() && bad {
@@ -556,13 +635,27 @@ impl<T: Elem, const STATS: bool> LabelVisitor<()> for FinishLanes<'_, '_, T, STA
             } else {
                 value
             };
-            if let Some(hits) = self.hits {
+            if let Some(hits) = hits {
                 // SAFETY: as above.
                 unsafe { hits.set(r + l, (hit && !bad) as u8) };
             }
             // SAFETY: as above.
-            unsafe { self.loss.set(r + l, value) };
+            unsafe { loss.set(r + l, value) };
         }
+    }
+
+    #[inline(always)]
+    unsafe fn write<V: SimdVec<F = T::F>>(
+        &self,
+        r: usize,
+        range: Range<usize>,
+        s: &Stats,
+        excess: f64,
+        scratch: &mut Scratch<T::F>,
+    ) {
+        let class = self.ce.class_of(self.labels[r].into());
+        // SAFETY: the caller's contract.
+        unsafe { self.ce.write_for::<V>(r, range, s, excess, class, scratch) }
     }
 }
 

@@ -225,6 +225,25 @@ pub trait RowOp<T: Elem>: Sync {
     fn done_lanes(&self, r: usize, lanes: &LaneRows<T::F>) {
         lanes.each_done(self, r);
     }
+    /// Rows `units` of few classes a vector of rows at a time ([`rows_as_lanes`]); returns
+    /// the first row left for the row-at-a-time loop. An operation may run it on a view of
+    /// itself compiled for its data (cross-entropy: for its labels' integer type).
+    ///
+    /// # Safety
+    /// As [`rows_as_lanes`].
+    #[inline(always)]
+    unsafe fn lanes<V: SimdVec<F = T::F>>(
+        &self,
+        cols: usize,
+        units: Range<usize>,
+        scratch: &mut Scratch<T::F>,
+    ) -> usize
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's contract.
+        unsafe { rows_as_lanes::<T, Self, V>(self, cols, units, scratch) }
+    }
     /// Whether this run writes anything (with [`RowOp::WRITES`], an operation that may or
     /// may not have an output to write says which at run time).
     #[inline(always)]
@@ -362,7 +381,7 @@ impl<T: Elem, O: RowOp<T>> Kernel for Lanes<'_, T, O> {
     fn run<V: SimdVec<F = T::F>>(self) -> usize {
         let mut scratch = Scratch::<T::F>::new();
         // SAFETY: rows hold `cols` values (checked by the entry points).
-        unsafe { rows_as_lanes::<T, O, V>(self.op, self.cols, self.units, &mut scratch) }
+        unsafe { self.op.lanes::<V>(self.cols, self.units, &mut scratch) }
     }
 }
 
@@ -376,7 +395,7 @@ fn few_classes<T: Elem, O: RowOp<T>>(op: &O, cols: usize) -> bool {
 /// # Safety
 /// Every row of `units` holds `cols` values; `T` is `T::F` (native).
 #[inline(always)]
-unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
+pub unsafe fn rows_as_lanes<T: Elem, O: RowOp<T>, V: SimdVec<F = T::F>>(
     op: &O,
     cols: usize,
     units: Range<usize>,
