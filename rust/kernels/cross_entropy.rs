@@ -617,15 +617,18 @@ impl<T: Elem, L: Label, const STATS: bool> RowOp<T> for TypedLabels<'_, '_, T, L
         else {
             return lanes.each_done(self, r);
         };
+        let mut row = ce.row(r);
         for (l, &label) in self.labels[r..r + lanes.n].iter().enumerate() {
             let (m, excess) = (lanes.m[l].to_f64(), lanes.excess[l]);
             // SAFETY: each row is finished exactly once.
             unsafe { lse.set(r + l, T::F::from_f64(m + excess)) };
+            let at = row;
+            row = row.wrapping_add(ce.cols);
             let (value, hit) = match ce.class_of(label.into()) {
                 None => (0.0, false),
                 Some(y) => {
-                    // SAFETY: the labels were checked, so y < cols: inside the row.
-                    let xy = unsafe { *ce.row(r + l).add(y) }.to_f64();
+                    // SAFETY: the labels were checked, so y < cols: inside row r + l.
+                    let xy = unsafe { *at.add(y) }.to_f64();
                     ((m - xy) + excess, xy == m)
                 }
             };
