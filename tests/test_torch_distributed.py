@@ -6,12 +6,14 @@ timeout), and a tensor-parallel training run that follows the single-process one
 
 import datetime
 import itertools
+import os
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException
 
 import mlecore.torch as mt
 import mlecore.torch.distributed as mtd
@@ -35,14 +37,24 @@ def _run(world, fn, *args):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_entry, args=(world, f"{tmp}/store", fn, args), nprocs=world,
+        store = f"{tmp}/store"
+        ctx = mp.start_processes(_entry, args=(world, store, fn, args), nprocs=world,
                                  join=False, start_method="spawn")
         deadline = time.monotonic() + TIMEOUT
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"{world} ranks did not finish in {TIMEOUT} s")
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    for p in ctx.processes:
+                        p.kill()
+                    pytest.fail(f"{world} ranks did not finish in {TIMEOUT} s")
+        except ProcessExitedException as e:
+            # gloo itself, tearing a group down after every rank finished and passed the
+            # closing barrier, has aborted a rank ("terminate called without an active
+            # exception"): every rank's marker says its checks all passed. Anything else,
+            # or an abort before a marker, fails the test.
+            finished = all(os.path.exists(f"{store}.passed{r}") for r in range(world))
+            if not (finished and e.signal_name == "SIGABRT"):
+                raise
 
 
 def _entry(rank, world, store, fn, args):
@@ -56,6 +68,7 @@ def _entry(rank, world, store, fn, args):
         # with "terminate called without an active exception" (SIGABRT) in CI. A rank that
         # failed skips it, so that its error is not held up behind peers that never come.
         dist.barrier()
+        open(f"{store}.passed{rank}", "w").close()
     finally:
         dist.destroy_process_group()
 
