@@ -342,8 +342,14 @@ unsafe impl SimdVec for F32x8 {
 }
 
 /// e^x of K float64 vectors, step by step as [`exp_f32_steps`]: within 2 ulp from EXP_LO_F64
-/// up; clamped at EXP_ZERO_F64, where 2^n's exponent field is 0, so exactly 0 from there down
-/// (−inf included) and some value below 2^−1021 in between.
+/// up; clamped at EXP_ZERO_F64, where the result's exponent field comes out 0 with a zero
+/// mantissa, so exactly 0 from there down (−inf included) and some value below 2^−1021 in
+/// between.
+///
+/// x = (n/4)·ln2 + r with |r| ≤ ln2/8: 2^(n mod 4 / 4) comes from a 4-entry table in one
+/// register (`vpermps` on the entries' 32-bit halves), and e^r then needs a polynomial of
+/// degree 8, not 11: three FMAs fewer per vector, for one shuffle and three integer operations
+/// on the other ports.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -351,17 +357,18 @@ unsafe impl SimdVec for F32x8 {
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
-    // SAFETY: AVX2 and FMA are present (caller's contract).
+    // SAFETY: AVX2 and FMA are present (caller's contract); the table is 32 readable bytes.
     unsafe {
         let z = _mm256_setzero_pd();
         let (mut t, mut n, mut r) = ([z; K], [z; K], [z; K]);
         // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
         let magic = _mm256_set1_pd(6_755_399_441_055_744.0);
         let (l2e, hi, lo) = (
-            _mm256_set1_pd(LOG2E_F64),
-            _mm256_set1_pd(LN2_HI_F64),
-            _mm256_set1_pd(LN2_LO_F64),
+            _mm256_set1_pd(LOG2E_X4_F64),
+            _mm256_set1_pd(LN2_4_HI_F64),
+            _mm256_set1_pd(LN2_4_LO_F64),
         );
+        let table = _mm256_loadu_ps(EXP2_J4_F64.as_ptr().cast());
         let mut out = x;
         for k in 0..K {
             // vmaxpd returns its second operand when either is NaN: a NaN x passes.
@@ -373,15 +380,15 @@ unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
         for k in 0..K {
             n[k] = _mm256_sub_pd(t[k], magic);
         }
-        // r = x − n·ln2 in two parts (Cody–Waite).
+        // r = x − n·ln2/4 in two parts (Cody–Waite).
         for k in 0..K {
             r[k] = _mm256_fnmadd_pd(n[k], hi, out[k]);
         }
         for k in 0..K {
             r[k] = _mm256_fnmadd_pd(n[k], lo, r[k]);
         }
-        let mut p = [_mm256_set1_pd(EXP_P_F64[0]); K];
-        for c in &EXP_P_F64[1..] {
+        let mut p = [_mm256_set1_pd(EXP_P6_F64[0]); K];
+        for c in &EXP_P6_F64[1..] {
             for k in 0..K {
                 p[k] = _mm256_fmadd_pd(p[k], r[k], _mm256_set1_pd(*c));
             }
@@ -391,11 +398,16 @@ unsafe fn exp_f64_steps<const K: usize>(x: [__m256d; K]) -> [__m256d; K] {
             p[k] = _mm256_mul_pd(r[k], _mm256_fmadd_pd(p[k], r[k], _mm256_set1_pd(1.0)));
         }
         for k in 0..K {
-            // 2^n: n + 1023 into the exponent field (0 at the clamp).
-            let s = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
-                _mm256_castpd_si256(t[k]),
-                _mm256_set1_epi64x(1023),
-            )));
+            let ti = _mm256_castpd_si256(t[k]);
+            // Entry j = n mod 4 is 32-bit elements 2j and 2j + 1: n's low 32 bits in both
+            // halves of each lane, doubled, plus 1 in the upper half (vpermps reads 3 bits).
+            let j = _mm256_shuffle_epi32::<0b1010_0000>(ti);
+            let j = _mm256_or_si256(_mm256_slli_epi32::<1>(j), _mm256_set1_epi64x(1 << 32));
+            let e = _mm256_castps_si256(_mm256_permutevar8x32_ps(table, j));
+            // n << 50 is (n >> 2) in the exponent field plus j in mantissa bits 50–51, which
+            // the table's entries have subtracted: the sum is 2^(n/4) (0 at the clamp, where
+            // n = −4092).
+            let s = _mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_slli_epi64::<50>(ti)));
             out[k] = _mm256_fmadd_pd(s, p[k], s);
         }
         out

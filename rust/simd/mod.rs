@@ -129,7 +129,8 @@ fn prefetch<const L2: bool>(p: *const u8) {
 }
 
 /// Range reduction and polynomial constants shared by every vector `exp`.
-// The ln2/16 and ln2/8 tables serve the x86 tiers only, Cephes' float32 polynomial NEON only.
+// The ln2/16, ln2/8 and ln2/4 tables serve the x86 tiers only, Cephes' float32 polynomial and
+// the float64 one on |r| ≤ ln2/2 NEON only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod consts {
     #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
@@ -252,16 +253,44 @@ pub(crate) mod consts {
         1.0,
     ];
 
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const LOG2E_F64: f64 = std::f64::consts::LOG2_E;
     pub const LN2_HI_F64: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
     pub const LN2_LO_F64: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     pub const EXP_LO_F64: f64 = -708.396_418_532_264;
     pub const EXP_FLOOR_F64: f64 = -746.0;
-    /// −1023·ln2: clamped here, n = −1023, whose 2^n built in the exponent field is 0.
+    /// −1023·ln2: the `exp`s clamp here, where the 2^−1023 they build in the exponent field
+    /// is 0.
     pub const EXP_ZERO_F64: f64 = -1023.0 * std::f64::consts::LN_2;
+    /// The AVX2 float64 `exp` reduces by ln2/4: x = (n/4)·ln2 + r, |r| ≤ ln2/8, n·hi exact
+    /// (hi is LN2_HI_F64/4, 32 significant bits; |n| ≤ 4092 after the clamp).
+    pub const LOG2E_X4_F64: f64 = 4.0 * std::f64::consts::LOG2_E;
+    pub const LN2_4_HI_F64: f64 = LN2_HI_F64 / 4.0;
+    pub const LN2_4_LO_F64: f64 = LN2_LO_F64 / 4.0;
+    /// 2^(j/4), j = 0..3, less j·2^50 as integers: the AVX2 `exp` adds n·2^50, whose bits 50
+    /// and 51 hold j = n mod 4, to build 2^(n/4) with one integer addition.
+    pub const EXP2_J4_F64: [u64; 4] = [
+        EXP2_J16_F64[0],
+        EXP2_J16_F64[4] - (1 << 50),
+        EXP2_J16_F64[8] - (2 << 50),
+        EXP2_J16_F64[12] - (3 << 50),
+    ];
+    /// e^r ≈ 1 + r + r²·P(r) on |r| ≤ ln2/8: P is a degree-6 Chebyshev fit of
+    /// (e^r − 1 − r)/r² on that interval (mpmath, 50 digits; rounded to float64, the relative
+    /// error of e^r stays below 1.3e-17, a sixteenth of an ulp).
+    pub const EXP_P6_F64: [f64; 7] = [
+        2.480_520_859_486_822_3e-5,
+        1.984_489_118_604_944_4e-4,
+        1.388_888_875_293_214e-3,
+        8.333_333_197_374_072e-3,
+        4.166_666_666_667_942_5e-2,
+        1.666_666_666_667_942_8e-1,
+        0.5,
+    ];
     /// e^r ≈ 1 + r + r²·P(r) on |r| ≤ ln2/2: P is a degree-9 Chebyshev fit of (e^r − 1 − r)/r²
     /// on [−0.35, 0.35] (mpmath, 50 digits; rounded to float64, the relative error of e^r stays
     /// below 2e-17, a sixth of an ulp). Taylor's 1/13! … 1/2! needed two more FMAs per vector.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
     pub const EXP_P_F64: [f64; 10] = [
         2.510_133_585_478_852_2e-8,
         2.762_132_426_931_368_7e-7,
