@@ -16,6 +16,8 @@ under tensor parallelism, Megatron-DeepSpeed #394); here the smoothing is exact.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -52,6 +54,23 @@ def _starts(group, size: int, device) -> tuple[tuple[int, ...], tuple[int, ...]]
         _SIZES[key] = tuple(int(s) for s in sizes)
     sizes = _SIZES[key]
     return tuple(sum(sizes[:r]) for r in range(len(sizes))), sizes
+
+
+class _GradState(NamedTuple):
+    """What `_vocab_grad` needs of `_vocab_forward`: per-row tensors (`_ROW_STATE`), the class
+    weights `w` (the same for every chunk of rows) and the smoothing's ε/C."""
+    yl: Tensor
+    local: Tensor
+    valid: Tensor
+    w: Tensor
+    lse: Tensor
+    lse_local: Tensor
+    a: Tensor
+    smooth: float
+
+
+#: The fields of `_GradState` with one value per row.
+_ROW_STATE = ("yl", "local", "valid", "lse", "lse_local", "a")
 
 
 def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_shape,
@@ -99,10 +118,10 @@ def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_
     loss = torch.where(poisoned, torch.nan, loss)
     loss = torch.where(valid, loss, 0.0)
     denom = torch.where(valid, wy, 0.0).sum()
-    return loss, denom, (yl, local, valid, w, lse, lse_local, a, smooth)
+    return loss, denom, _GradState(yl, local, valid, w, lse, lse_local, a, smooth)
 
 
-def _vocab_grad(x, saved, eps, z, grad_rows):
+def _vocab_grad(x, saved: _GradState, eps, z, grad_rows):
     """This rank's slice of d loss / d x from `_vocab_forward`'s `saved`; no collective."""
     yl, local, valid, w, lse, lse_local, a, smooth = saved
     s = torch.where(valid, grad_rows, 0.0)
@@ -131,9 +150,8 @@ class _VocabParallel(torch.autograd.Function):
         Returns per-row losses (float64) and the mean's denominator."""
         loss, denom, saved = _vocab_forward(x, y, weight, start, ignore, eps, z, group,
                                             expected, target_shape)
-        *tensors, smooth = saved
-        ctx.save_for_backward(x, *tensors)
-        ctx.options = (eps, z, smooth)
+        ctx.save_for_backward(x, *saved[:-1])
+        ctx.options = (eps, z, saved.smooth)
         ctx.mark_non_differentiable(denom)
         return loss, denom
 
@@ -142,7 +160,7 @@ class _VocabParallel(torch.autograd.Function):
         """This rank's slice of the gradient; no collective."""
         x, *tensors = ctx.saved_tensors
         eps, z, smooth = ctx.options
-        return _vocab_grad(x, (*tensors, smooth), eps, z, grad_rows), *[None] * 9
+        return _vocab_grad(x, _GradState(*tensors, smooth), eps, z, grad_rows), *[None] * 9
 
 
 def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
@@ -320,20 +338,19 @@ class _ParallelHead(torch.autograd.Function):
             losses.append(loss)
             denoms.append(denom)
             saved.append(keep)
-        smooth = saved[0][-1]
-        # The per-row state of every chunk, concatenated (a few values per row); `w` of
-        # `_vocab_forward` is the class weights, the same for every chunk.
-        rows = [torch.cat([k[j] for k in saved]) for j in (0, 1, 2, 4, 5, 6)]
-        ctx.save_for_backward(x, w, b, saved[0][3], *rows)
-        ctx.options = (eps, z, smooth, softcap, step)
+        # The per-row state of every chunk, concatenated (a few values per row).
+        rows = [torch.cat([getattr(k, f) for k in saved]) for f in _ROW_STATE]
+        ctx.save_for_backward(x, w, b, saved[0].w, *rows)
+        ctx.options = (eps, z, saved[0].smooth, softcap, step)
         denom = torch.stack(denoms).sum()
         ctx.mark_non_differentiable(denom)
         return torch.cat(losses), denom
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_denom):
-        x, w, b, class_w, yl, local, valid, lse, lse_local, a = ctx.saved_tensors
+        x, w, b, class_w, *rows = ctx.saved_tensors
         eps, z, smooth, softcap, step = ctx.options
+        state = _GradState(w=class_w, smooth=smooth, **dict(zip(_ROW_STATE, rows, strict=True)))
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         acc = R.compute_dtype(w.dtype)
         dx = torch.empty_like(x) if need_x else None
@@ -344,8 +361,7 @@ class _ParallelHead(torch.autograd.Function):
             j = min(i + step, x.shape[0])
             xc = x[i:j]
             logits, capped = _head_logits(xc, w, b, softcap)
-            part = (yl[i:j], local[i:j], valid[i:j], class_w, lse[i:j], lse_local[i:j],
-                    a[i:j], smooth)
+            part = state._replace(**{f: getattr(state, f)[i:j] for f in _ROW_STATE})
             g = _vocab_grad(capped, part, eps, z, grad_rows[i:j])
             if softcap is not None:  # d(c·tanh(t/c))/dt = 1 − (capped/c)²
                 g.mul_(1 - (capped / softcap) ** 2)
