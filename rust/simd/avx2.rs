@@ -348,8 +348,8 @@ unsafe impl SimdVec for F32x8 {
 ///
 /// x = (n/4)·ln2 + r with |r| ≤ ln2/8: 2^(n mod 4 / 4) comes from a 4-entry table in one
 /// register (`vpermps` on the entries' 32-bit halves), and e^r then needs a polynomial of
-/// degree 8, not 11: three FMAs fewer per vector, for one shuffle and three integer operations
-/// on the other ports.
+/// degree 8, not 11: three FMAs fewer per vector, for two shuffles and two integer operations
+/// more on the other ports.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
