@@ -185,10 +185,11 @@ def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
     targets = g[:, 1:, _Y]
     differ = (targets != targets[:1]).any(dim=0)
     if bool(differ.any()):
-        row = int(differ.nonzero()[0, 0]) + offset
-        values = [int(v) for v in targets[:, row - offset]]
-        raise RuntimeError(f"target differs between ranks: row {row} holds {values} on ranks "
-                           f"0..{len(values) - 1}; every rank must pass the same target")
+        row = int(differ.nonzero()[0, 0])
+        values = [int(v) for v in targets[:, row]]
+        raise RuntimeError(f"target differs between ranks: row {row + offset} holds {values} "
+                           f"on ranks 0..{len(values) - 1}; every rank must pass the same "
+                           "target")
     _, valid, bad = R.labels(y, edge, ignore)
     if y.numel() and bool(bad.any()):
         position = int(bad.nonzero()[0, 0])
@@ -278,24 +279,15 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
     if mesh_group is not None:
         group, class_start = mesh_group, mesh_start
     x = _float_input(local_logits, "local_logits")
-    if not _target_kind(target):
-        raise TypeError("mlecore.torch.distributed.cross_entropy takes class indices; "
-                        f"got a target of dtype {target.dtype}")
+    _check_class_indices(target, "cross_entropy")
     _, loss_shape = _spec.class_layout(x.shape, target.shape, True)
     layout = _class_rows(x)
     size = layout.matrix.shape[1]
-    if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (size,)):
-        raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
-    expected = None
-    if class_start is None:
-        starts, expected = _starts(group, size, x.device)
-        class_start = starts[dist.get_rank(group)]
-    rows = layout.matrix.to(R.compute_dtype(x.dtype))
-    if softcap is not None:
-        rows = softcap * torch.tanh(rows / softcap)
+    _check_class_weight(weight, size)
+    class_start, expected = _class_start(class_start, group, size, x.device)
     y = R.wide_labels(target.reshape(-1))
-    loss_rows, denom = _VocabParallel.apply(rows.contiguous(), y, weight, int(class_start),
-                                            ignore, eps, z, group, expected,
+    loss_rows, denom = _VocabParallel.apply(_capped(layout.matrix, softcap), y, weight,
+                                            class_start, ignore, eps, z, group, expected,
                                             tuple(target.shape))
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
 
@@ -380,10 +372,37 @@ def _head_logits(x, w, b, softcap):
     """A chunk's logits (the input's dtype, as F.linear gives them) and their capped rows
     in the compute dtype."""
     logits = torch.nn.functional.linear(x, w, b)
+    return logits, _capped(logits, softcap)
+
+
+def _capped(logits: Tensor, softcap: float | None) -> Tensor:
+    """Rows of logits in the compute dtype, soft-capped where asked, contiguous: what
+    `_VocabParallel` and `_ParallelHead` take."""
     rows = logits.to(R.compute_dtype(logits.dtype))
     if softcap is not None:
         rows = softcap * torch.tanh(rows / softcap)
-    return logits, rows.contiguous()
+    return rows.contiguous()
+
+
+def _check_class_indices(target: Tensor, name: str) -> None:
+    if not _target_kind(target):
+        raise TypeError(f"mlecore.torch.distributed.{name} takes class indices; got a target "
+                        f"of dtype {target.dtype}")
+
+
+def _check_class_weight(weight, size: int) -> None:
+    """The class weights are this rank's classes' (C_local,)."""
+    if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (size,)):
+        raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
+
+
+def _class_start(class_start, group, size: int, device) -> tuple[int, tuple | None]:
+    """This rank's first class, and the slice sizes every rank must report (None when the
+    caller gave `class_start`): gathered once per group and size (`_starts`)."""
+    if class_start is not None:
+        return int(class_start), None
+    starts, expected = _starts(group, size, device)
+    return starts[dist.get_rank(group)], expected
 
 
 def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
@@ -435,9 +454,7 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
     softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     x = _float_input(input)
-    if not _target_kind(target):
-        raise TypeError("mlecore.torch.distributed.linear_cross_entropy takes class indices; "
-                        f"got a target of dtype {target.dtype}")
+    _check_class_indices(target, "linear_cross_entropy")
     if local_weight.ndim != 2 or local_weight.shape[-1] != x.shape[-1]:
         raise ValueError(f"local_weight must have shape (C_local, {x.shape[-1]}), one row of "
                          f"the input's features per class, got {tuple(local_weight.shape)}")
@@ -445,14 +462,10 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     if local_bias is not None and tuple(local_bias.shape) != (size,):
         raise ValueError(f"local_bias must have shape ({size},), got "
                          f"{tuple(local_bias.shape)}")
-    if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (size,)):
-        raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
+    _check_class_weight(weight, size)
     _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
     chunk_size = _spec.check_chunk_size(chunk_size)
-    expected = None
-    if class_start is None:
-        starts, expected = _starts(group, size, x.device)
-        class_start = starts[dist.get_rank(group)]
+    class_start, expected = _class_start(class_start, group, size, x.device)
     if torch.is_grad_enabled() and x.requires_grad:
         x = _SumGradients.apply(x, group)
     rows = x.reshape(-1, x.shape[-1])
@@ -462,10 +475,10 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     step = chunk_rows(n, size, itemsize, chunk_size)
     if step >= n:  # one chunk: its logits kept for the backward pass, nothing recomputed
         capped = _head_logits(rows, local_weight, local_bias, softcap)[1]
-        loss_rows, denom = _VocabParallel.apply(capped, y, weight, int(class_start), ignore,
-                                                eps, z, group, expected, tuple(target.shape))
+        loss_rows, denom = _VocabParallel.apply(capped, y, weight, class_start, ignore, eps,
+                                                z, group, expected, tuple(target.shape))
     else:
         loss_rows, denom = _ParallelHead.apply(rows, local_weight, local_bias, y, weight,
-                                               int(class_start), ignore, eps, z, softcap,
+                                               class_start, ignore, eps, z, softcap,
                                                group, expected, tuple(target.shape), step)
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
