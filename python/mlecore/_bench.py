@@ -293,6 +293,10 @@ def draw_plot(cases, results, path):
 
 
 def run(quick=False, plot=None, json_path=None, repeat=None) -> int:
+    if repeat is not None and (isinstance(repeat, bool) or not isinstance(repeat, int)
+                               or repeat < 1):
+        # Checked before the warm-ups: `statistics` would fail only after them.
+        raise ValueError(f"repeat must be an integer ≥ 1 or None, got {repeat!r}")
     # torch's OpenMP threads spin after each parallel region; passive waiting keeps them from
     # taking the cores from the next contender (and from torch's own next call).
     if "torch" not in sys.modules:

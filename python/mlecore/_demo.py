@@ -87,6 +87,9 @@ def fit(x, y, classes, on_step=None, max_iter=200):
 
 
 def run(seed: int = 0) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        # numpy's generators take integers ≥ 0; checked before the first part prints.
+        raise ValueError(f"seed must be an integer ≥ 0, got {seed!r}")
     show_config()
     print("\n1. The seed example: F.cross_entropy on the 6×3 batch")
     ok = True
