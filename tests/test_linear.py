@@ -181,3 +181,55 @@ def test_memory_stays_one_chunk_where_the_logits_would_be_large(rng):
     assert chunk == 256 << 20
     assert peak <= chunk + 64 * n + (4 << 20), (peak, chunk)
     assert peak * 8 <= materialized, (peak, materialized)
+
+
+def test_out_buffers_that_overlap_each_other_are_refused(rng):
+    """Gradients written into overlapping buffers came back wrong, silently; a dx of the
+    transposed shape was accepted."""
+    x, w, b, t = _problem(rng, 6, 6, 6)
+    dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+    both = np.empty(2 * 36, np.float32)
+    halves = both[:36].reshape(6, 6), both[18:54].reshape(6, 6)  # overlapping ranges
+    tail = np.empty(36 + 3, np.float32)
+    cases = [((dx, dx, db), "dx and dw share memory"),
+             ((halves[0], halves[1], db), "dx and dw share memory"),
+             ((dx, tail[:36].reshape(6, 6), tail[33:]), "dw and dbias share memory")]
+    for out, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            mlecore.linear_cross_entropy_with_grad(x, w, t, b, out=out)
+    xt = rng.standard_normal((4, 6)).astype(np.float32)  # N = 4, D = 6: dx (6, 4) is wrong
+    with pytest.raises(ValueError, match=r"dx must be an array of shape \(4, 6\)"):
+        mlecore.linear_cross_entropy_with_grad(xt, w, t[:4], b, out=(np.empty((6, 4),
+                                                                             np.float32), dw))
+    # Disjoint buffers, also cut from one array, are fine; an unbatched dx keeps x's shape.
+    pool = np.empty(36 + 36 + 6, np.float32)
+    out = pool[:36].reshape(6, 6), pool[36:72].reshape(6, 6), pool[72:]
+    loss, gx, gw, gb = mlecore.linear_cross_entropy_with_grad(x, w, t, b, out=out)
+    _, g = numpy_ce_grad(_logits(x, w, b), t)
+    np.testing.assert_allclose(gw, g.T @ x, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gx, g @ w, rtol=1e-4, atol=1e-6)
+    one = np.empty(6, np.float32)
+    _, g1, _, _ = mlecore.linear_cross_entropy_with_grad(x[0], w, t[0], b, out=(one, dw, db))
+    assert g1 is one
+
+
+def test_zero_features_give_log_c(rng):
+    """D = 0: the logits are the bias (or zeros); reshaping the rows failed ("cannot reshape
+    array of size 0"), where torch returns log C."""
+    for b in (None, rng.standard_normal(7).astype(np.float32)):
+        x, w = np.zeros((5, 0), np.float32), np.zeros((7, 0), np.float32)
+        t = rng.integers(0, 7, 5)
+        z = np.zeros((5, 7)) if b is None else np.tile(b.astype(np.float64), (5, 1))
+        want, g = numpy_ce_grad(z, t)
+        for chunk in (None, 2):
+            loss, dx, dw, db = mlecore.linear_cross_entropy_with_grad(x, w, t, b,
+                                                                      chunk_size=chunk)
+            np.testing.assert_allclose(loss, want, rtol=1e-6)
+            assert dx.shape == (5, 0) and dw.shape == (7, 0)
+            if b is not None:
+                np.testing.assert_allclose(db, g.sum(0), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(mlecore.linear_cross_entropy(x, w, t, b,
+                                                                    chunk_size=chunk),
+                                       want, rtol=1e-6)
+    assert mlecore.linear_cross_entropy(np.zeros((3, 0)), np.zeros((4, 0)),
+                                        np.array([0, 1, 3])) == pytest.approx(np.log(4))

@@ -6,6 +6,8 @@ Torch tensors are handed to `mlecore.torch.linear_cross_entropy`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _spec
@@ -47,7 +49,8 @@ def prepare(x, w, target, bias, weight, ignore_index, reduction, label_smoothing
         b = np.ascontiguousarray(as_float_array(bias, "bias"), dtype=cdt)
         if b.shape != (classes,):
             raise ValueError(f"bias must have shape ({classes},), one per class, got {b.shape}")
-    xa = np.ascontiguousarray(xa.reshape(-1, xa.shape[-1]), dtype=cdt)
+    # The row count given, not -1: a reshape cannot infer it from zero features.
+    xa = np.ascontiguousarray(xa.reshape(math.prod(xa.shape[:-1]), xa.shape[-1]), dtype=cdt)
     wa = np.ascontiguousarray(wa, dtype=cdt)
     if is_index:
         rows_t = np.ascontiguousarray(t.reshape(-1))
@@ -189,9 +192,10 @@ def linear_cross_entropy_with_grad(x, w, target, bias=None, *, weight=None, igno
     return result, dx, dw, db
 
 
-def _check_out(p: Linear, out, *reads) -> Grads:
-    """Caller's (dx, dw[, db]) buffers: shapes, dtype, layout, and no memory shared with the
-    arrays the pass reads."""
+def _check_out(p: Linear, out, x, *reads) -> Grads:
+    """Caller's (dx, dw[, db]) buffers: shapes (dx x's own, or its rows (N, D)), dtype,
+    layout, and no memory shared with the arrays the pass reads or with each other (by
+    memory range: each buffer is written while the others are)."""
     if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
         raise TypeError("out must be a tuple (dx, dw) or (dx, dw, dbias) of arrays")
     n, d = p.x.shape
@@ -199,15 +203,20 @@ def _check_out(p: Linear, out, *reads) -> Grads:
     names = ["dx", "dw", "dbias"]
     bufs = []
     for buf, shape, name in zip(out, shapes, names, strict=False):
-        if not isinstance(buf, np.ndarray) or buf.shape != shape and not (
-                name == "dx" and buf.size == n * d) or buf.dtype != p.x.dtype:
-            raise ValueError(f"out's {name} must be an array of shape {shape} and dtype "
-                             f"{p.x.dtype}")
+        allowed = {shape, np.shape(x)} if name == "dx" else {shape}
+        if not isinstance(buf, np.ndarray) or buf.shape not in allowed \
+                or buf.dtype != p.x.dtype:
+            raise ValueError(f"out's {name} must be an array of shape "
+                             f"{' or '.join(map(str, sorted(allowed)))} and dtype {p.x.dtype}")
         if not buf.flags.c_contiguous or not buf.flags.writeable:
             raise ValueError(f"out's {name} must be C-contiguous and writable")
-        for r in reads:
+        for r in (x, *reads):
             if isinstance(r, np.ndarray) and np.may_share_memory(buf, r):
                 raise ValueError(f"out's {name} shares memory with an input")
+        for earlier, other in zip(names, bufs, strict=False):
+            if np.may_share_memory(buf, other):
+                raise ValueError(f"out's {earlier} and {name} share memory: each gradient "
+                                 "needs a buffer of its own")
         bufs.append(buf if buf.shape == shape else buf.reshape(shape))
     if len(bufs) == 3 and p.b is None:
         raise ValueError("out has a dbias buffer but there is no bias")

@@ -55,6 +55,8 @@ def add_outer(dw: np.ndarray, g: np.ndarray, xc: np.ndarray, blas, first: bool) 
     Without: a product into a temporary, then an addition."""
     if first:
         np.matmul(g.T, xc, out=dw)
+    elif dw.size == 0:  # no features or no classes: nothing to add (f2py refuses the operands)
+        return
     elif blas is not None and dw.flags.c_contiguous and g.flags.c_contiguous \
             and xc.flags.c_contiguous and dw.dtype in (np.float32, np.float64):
         gemm = blas.sgemm if dw.dtype == np.float32 else blas.dgemm
