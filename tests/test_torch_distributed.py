@@ -1,8 +1,9 @@
 """Vocabulary-parallel cross-entropy on real processes (gloo on 127.0.0.1, a file store):
 every rank's loss equals the single-process loss of the concatenated logits, every rank's
-gradient is its slice of the single-process gradient, one collective per forward pass and
-none in the backward, errors on every rank and never a hang (a stuck run fails on a
-timeout), and a tensor-parallel training run that follows the single-process one."""
+gradient is its slice of the single-process gradient, a call header and one collective per
+forward pass (per chunk of rows) and none in the backward, errors on every rank and never a
+hang or an abort (a stuck run fails on a timeout), calls that disagree between ranks, random
+ones included, and a tensor-parallel training run that follows the single-process one."""
 
 import datetime
 import itertools
@@ -102,9 +103,6 @@ def _agreement(rank, world, sizes, dtype):
     y[::5] = -100
     cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
-    with _Counted() as first:  # the first call also exchanges the class counts, once
-        mtd.cross_entropy(full[:, start:start + sizes[rank]].to(dtype), y)
-    assert first.calls == 2, first.calls
     for cfg in CONFIGS:
         kw = dict(cfg)
         labels = y
@@ -122,7 +120,7 @@ def _agreement(rank, world, sizes, dtype):
             (loss.sum() * 1.5).backward()
         (ref.sum() * 1.5).backward()
         torch.testing.assert_close(xl.grad, xf.grad[:, start:start + sizes[rank]], **tol)
-        assert forward.calls == 1, forward.calls
+        assert forward.calls == 2, forward.calls  # the call header, then the rows
         assert backward.calls == 0, backward.calls
     # K-dimensional logits and class_start given explicitly.
     xk = torch.randn(4, c, 3, generator=g, dtype=torch.float64)
@@ -189,7 +187,6 @@ def _linear_head(rank, world, sizes, dtype):
     y[::4] = -100
     cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
-    mtd.linear_cross_entropy(x, w[start:stop], y)  # the first call exchanges the class counts
     for cfg, chunk in itertools.product(CONFIGS, (None, 4, 1)):
         kw = dict(cfg)
         labels = y
@@ -213,7 +210,7 @@ def _linear_head(rank, world, sizes, dtype):
         torch.testing.assert_close(xs.grad, xr.grad, **tol, msg=what)  # summed over ranks
         torch.testing.assert_close(ws.grad, wr.grad[start:stop], **tol, msg=what)
         torch.testing.assert_close(bs.grad, br.grad[start:stop], **tol, msg=what)
-        assert forward.calls == -(-n // (chunk or n)), (what, forward.calls)
+        assert forward.calls == 1 + -(-n // (chunk or n)), (what, forward.calls)
         assert backward.calls == 0, (what, backward.calls)
     # An out-of-range label in a later chunk is named by its place in the whole target.
     bad = y.clone()
@@ -336,3 +333,242 @@ def test_tensor_parallel_head_in_chunks_of_rows(sizes, dtype):
 
 def test_tensor_parallel_head_never_holds_a_ranks_logits():
     _run(2, _head_memory)
+
+
+def _default_chunks_agree(rank, world, sizes):
+    """The default chunk comes from what every rank agrees on: with budgets shrunk so that
+    the rank of 50 classes would take 16-row chunks and the rank of 2 one chunk of 40 rows,
+    the ranks once ran different numbers of all_gathers (an abort in gloo on one, a false
+    "target differs" on the other)."""
+    from mlecore import _linear_chunks
+
+    g = torch.Generator().manual_seed(11)
+    c, n, d = sum(sizes), 40, 3
+    start, stop = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    _linear_chunks.CHUNK_BYTES, _linear_chunks.MAX_CHUNK_BYTES = 1024, 2048
+    xs, ws = x.clone().requires_grad_(), w[start:stop].clone().requires_grad_()
+    with _Counted() as forward:
+        loss = mtd.linear_cross_entropy(xs, ws, y, label_smoothing=0.1)
+    loss.backward()
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = mt.linear_cross_entropy(xr, wr, y, label_smoothing=0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(xs.grad, xr.grad)
+    torch.testing.assert_close(ws.grad, wr.grad[start:stop])
+    assert forward.calls == 1 + 3, forward.calls  # the header, then 40 rows in chunks of 16
+
+
+def _disagreements(rank, world):
+    """Calls that differ between the ranks in shape or options raise the same ValueError on
+    every rank, before any collective of the rows: never an abort in gloo, a hang, or a
+    different wrong loss on each rank."""
+    g = torch.Generator().manual_seed(2)
+    sizes = (3, 4)
+    c, start = sum(sizes), sum(sizes[:rank])
+    mine = slice(start, start + sizes[rank])
+    x = torch.randn(12, c, generator=g, dtype=torch.float64)
+    h = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(c, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (12,), generator=g)
+    other = rank == world - 1
+
+    def ce(**kw):
+        return mtd.cross_entropy(x[:, mine], y, **kw)
+
+    def head(**kw):
+        return mtd.linear_cross_entropy(h, w[mine], y, **kw)
+
+    cases = [
+        ("the target's shape", lambda: mtd.cross_entropy(x[:8 if other else 12, mine],
+                                                         y[:8 if other else 12])),
+        ("the target's shape", lambda: head() if not other else
+         mtd.linear_cross_entropy(h[:8], w[mine], y[:8])),
+        ("whether class_start is given", lambda: ce(class_start=start if other else None)),
+        ("label_smoothing", lambda: ce(label_smoothing=0.1 if other else 0.0)),
+        ("label_smoothing", lambda: head(label_smoothing=0.1 if other else 0.0)),
+        ("ignore_index", lambda: ce(ignore_index=3 if other else -100)),
+        ("ignore_index", lambda: head(ignore_index=3 if other else -100)),
+        ("lse_square_scale", lambda: ce(lse_square_scale=1e-3 if other else 0.0)),
+        ("lse_square_scale", lambda: head(lse_square_scale=1e-3 if other else 0.0)),
+        ("softcap", lambda: ce(softcap=5.0 if other else None)),
+        ("softcap", lambda: head(softcap=5.0 if other else 4.0)),
+        ("reduction", lambda: ce(reduction="sum" if other else "mean")),
+        ("whether class weights are given",
+         lambda: ce(weight=torch.ones(sizes[rank], dtype=torch.float64) if other else None)),
+        ("chunk_size", lambda: head(chunk_size=4 if other else None)),
+        ("the input's features", lambda: head() if not other else
+         mtd.linear_cross_entropy(h[:, :3], w[mine, :3], y)),
+        ("whether the input needs a gradient",
+         lambda: mtd.linear_cross_entropy(h.requires_grad_(other), w[mine], y)),
+        ("the function", lambda: head() if other else ce()),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f"disagree on {name}: "):
+            call()
+        h.requires_grad_(False)
+    # A call refused on one rank alone (a bias of the wrong shape there) raises on every
+    # rank, of the same type.
+    with pytest.raises(ValueError, match="local_bias must have shape" if other else
+                       r"the call failed on rank\(s\) \[1\]"):
+        head(local_bias=torch.zeros(c if other else sizes[rank], dtype=torch.float64))
+    with pytest.raises(TypeError, match="local_logits has dtype" if other else
+                       r"the call failed on rank\(s\) \[1\]"):
+        mtd.cross_entropy(x[:, mine].to(torch.int64) if other else x[:, mine], y)
+    torch.testing.assert_close(ce(), mt.cross_entropy(x, y))  # the group still works
+
+
+def _double_backward(rank, world, sizes):
+    """The first derivative with create_graph=True is the single-process one; the second
+    raises an error naming mlecore (it once failed inside torch: "modified by an inplace
+    operation")."""
+    g = torch.Generator().manual_seed(4)
+    c, n, d = sum(sizes), 6, 3
+    mine = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+    z = torch.randn(n, c, generator=g, dtype=torch.float64)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    zl, zf = z[:, mine].clone().requires_grad_(), z.clone().requires_grad_()
+    (gz,) = torch.autograd.grad(mtd.cross_entropy(zl, y, label_smoothing=0.1), zl,
+                                create_graph=True)
+    (want,) = torch.autograd.grad(mt.cross_entropy(zf, y, label_smoothing=0.1), zf)
+    torch.testing.assert_close(gz, want[:, mine])
+    with pytest.raises(RuntimeError, match="mlecore.torch.distributed's losses .* have no "
+                                           "second derivative"):
+        gz.square().sum().backward()
+    for chunk in (None, 2):
+        xs, ws = x.clone().requires_grad_(), w[mine].clone().requires_grad_()
+        gx, gw = torch.autograd.grad(mtd.linear_cross_entropy(xs, ws, y, chunk_size=chunk),
+                                     (xs, ws), create_graph=True)
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        wx, ww = torch.autograd.grad(mt.linear_cross_entropy(xr, wr, y), (xr, wr))
+        torch.testing.assert_close(gx, wx)
+        torch.testing.assert_close(gw, ww[mine])
+        for second in (gx, gw):
+            with pytest.raises(RuntimeError, match="mlecore.torch.distributed's losses .* "
+                                                   "have no second derivative"):
+                torch.autograd.grad(second.square().sum(), (xs, ws))
+
+
+def test_the_default_chunk_is_the_same_on_every_rank():
+    _run(2, _default_chunks_agree, (2, 50))
+
+
+def test_calls_that_disagree_between_ranks_raise_alike_on_every_rank():
+    _run(2, _disagreements)
+
+
+def test_double_backward_gives_the_first_derivative_then_a_clear_error():
+    _run(2, _double_backward, (3, 5))
+
+
+#: What the property test's last rank does differently, and what every rank must then raise
+#: (None: nothing differs, every rank returns the single-process result).
+_DISAGREEMENTS = {None: None, "rows": "ValueError", "label_smoothing": "ValueError",
+                  "ignore_index": "ValueError", "softcap": "ValueError",
+                  "lse_square_scale": "ValueError", "reduction": "ValueError",
+                  "class_start": "ValueError", "weight": "ValueError",
+                  "chunk_size": "ValueError", "target": "RuntimeError",
+                  "label": "IndexError"}
+
+
+def _outcome(rank, world, case, rng):
+    """One random call on every rank, the last one perhaps disagreeing: "ok" where it
+    returned the single-process loss and gradient, else the exception's type name."""
+    sizes = [rng.randint(0, 5) for _ in range(world)]
+    sizes[rng.randrange(world)] += 1
+    c, start = sum(sizes), sum(sizes[:rank])
+    mine = slice(start, start + sizes[rank])
+    linear = rng.random() < 0.5
+    kind = rng.choice([None, None, None, *list(_DISAGREEMENTS)[1:]])
+    n = rng.randint(1 if kind in ("target", "label") else 0, 9)
+    kw = {"label_smoothing": rng.choice([0.0, 0.1]), "ignore_index": rng.choice([-100, 1]),
+          "softcap": rng.choice([None, 3.0]), "lse_square_scale": rng.choice([0.0, 1e-2]),
+          "reduction": rng.choice(["mean", "sum", "none"])}
+    weighted = rng.random() < 0.3
+    chunk = rng.choice([None, 1, 3]) if linear else None
+    g = torch.Generator().manual_seed(1000 + case)
+    z = torch.randn(n + 1, c, generator=g, dtype=torch.float64) * 2
+    x = torch.randn(n + 1, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(c, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n + 1,), generator=g)
+    y[::3] = kw["ignore_index"]
+    cw = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+    rows, class_start = n, None
+    if kind == "label":  # on every rank: the same IndexError everywhere
+        y[0] = c + 5
+    if rank == world - 1:
+        if kind == "rows":
+            rows = n + 1
+        elif kind in ("label_smoothing", "lse_square_scale"):
+            kw[kind] += 0.05
+        elif kind == "ignore_index":
+            kw[kind] += 7
+        elif kind == "softcap":
+            kw[kind] = None if kw[kind] else 3.0
+        elif kind == "reduction":
+            kw[kind] = {"mean": "sum", "sum": "none", "none": "mean"}[kw[kind]]
+        elif kind == "class_start":
+            class_start = start
+        elif kind == "weight":
+            weighted = not weighted
+        elif kind == "chunk_size":
+            chunk = {None: 2, 1: 2, 3: None}[chunk]
+            linear = True
+        elif kind == "target":
+            y[0] = (int(y[0]) + 1) % c if c > 1 and y[0] >= 0 else (0 if y[0] < 0 else -3)
+    if kind == "chunk_size":
+        linear = True
+    expected = _DISAGREEMENTS[kind]
+    local_w = cw[mine] if weighted else None
+    try:
+        if linear:
+            xs, ws = x[:rows].clone().requires_grad_(), w[mine].clone().requires_grad_()
+            loss = mtd.linear_cross_entropy(xs, ws, y[:rows], weight=local_w,
+                                            class_start=class_start, chunk_size=chunk, **kw)
+        else:
+            zs = z[:rows, mine].clone().requires_grad_()
+            loss = mtd.cross_entropy(zs, y[:rows], weight=local_w, class_start=class_start,
+                                     **kw)
+        loss.sum().backward()
+    except (ValueError, RuntimeError, IndexError, TypeError) as e:
+        return type(e).__name__, expected, str(e)
+    weight = cw if weighted else None
+    if linear:
+        xr, wr = x[:n].clone().requires_grad_(), w.clone().requires_grad_()
+        ref = mt.linear_cross_entropy(xr, wr, y[:n], weight=weight, **kw)
+        ref.sum().backward()
+        pairs = [(loss, ref), (xs.grad, xr.grad), (ws.grad, wr.grad[mine])]
+    else:
+        zr = z[:n].clone().requires_grad_()
+        ref = mt.cross_entropy(zr, y[:n], weight=weight, **kw)
+        ref.sum().backward()
+        pairs = [(loss, ref), (zs.grad, zr.grad[:, mine])]
+    try:
+        for got, want in pairs:
+            torch.testing.assert_close(got, want, equal_nan=True)
+    except AssertionError as e:
+        return "wrong", expected, str(e)
+    return "ok", expected, ""
+
+
+def _random_calls(rank, world, seed, cases):
+    """Random shards, options and deliberate disagreements: every rank returns the
+    single-process result, or every rank raises the same type of error; none aborts or
+    hangs (the runner's timeout)."""
+    import random
+
+    rng = random.Random(seed)  # the same draws on every rank
+    for case in range(cases):
+        got, expected, message = _outcome(rank, world, case, rng)
+        outcomes = [None] * world
+        dist.all_gather_object(outcomes, got)
+        assert outcomes == [expected or "ok"] * world, (case, outcomes, expected, message)
+
+
+def test_random_calls_return_the_single_process_result_or_raise_alike_on_every_rank():
+    _run(2, _random_calls, 23, 16)

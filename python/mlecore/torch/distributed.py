@@ -8,6 +8,12 @@ float64 per row carries everything, and the backward pass needs none: each rank'
 its slice of the full gradient, softmax(x − lse) from the saved global log-sum-exp, computed
 by the Rust kernel on CPU.
 
+Before it, a call header (one all_gather of a few int64 per rank) settles what decides the
+size and number of the collectives that follow, from what every rank sees alike: each
+rank's call (shapes, options, chunk size, local errors) is compared, and the slices' sizes
+exchanged. A disagreement raises the same error on every rank instead of leaving ranks in
+collectives of different sizes (an abort inside gloo) or giving each a different loss.
+
 The anchors need more collectives: Megatron's vocab-parallel cross-entropy three all-reduces
 (max, target logit, sum of exponentials), torch's `loss_parallel` three, flash-attn's two.
 Megatron also smooths labels over each partition instead of the vocabulary (about 1% off
@@ -16,6 +22,9 @@ under tensor parallelism, Megatron-DeepSpeed #394); here the smoothing is exact.
 
 from __future__ import annotations
 
+import math
+import operator
+import struct
 from typing import NamedTuple
 
 import torch
@@ -31,29 +40,127 @@ from ._ops import RUST
 #: Columns of the gathered per-row payload.
 _LSE, _XY, _WY, _WX, _Y = range(5)
 _WIDTH = 5
-#: Columns of the header row: this rank's first class, its class count, Σ of its weights.
-_START, _SIZE, _WSUM = range(3)
+#: Column of the payload's header row: Σ of this rank's class weights.
+_WSUM = 0
 
-#: Class counts per process group, exchanged on the first call without `class_start`.
-_SIZES: dict = {}
+#: The functions, as the call header names them (a rank in the other one disagrees).
+_CALLS = ("cross_entropy", "linear_cross_entropy")
+#: Exception types a rank's local check may raise, as the call header carries them: the
+#: other ranks raise the same type.
+_ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
+#: Dimensions of the target's shape carried whole; more are folded into the last one.
+_DIMS = 8
 
 
-def _group_key(group) -> object:
-    return ("default" if group is None else id(group), dist.get_world_size(group))
+def _bits(v: float) -> int:
+    """A float64's bits as an int64: compared exactly, NaN included."""
+    return struct.unpack("<q", struct.pack("<d", v))[0]
 
 
-def _starts(group, size: int, device) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Every rank's first class when the ranks hold consecutive slices in rank order: the
-    class counts are exchanged once per group (one small all_gather), then reused; a later
-    change of sizes is caught after the call's one collective, on every rank."""
-    key = _group_key(group)
-    if key not in _SIZES:
-        mine = torch.tensor([size], dtype=torch.int64, device=device)  # NCCL: on the GPU
-        sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(sizes, mine, group=group)
-        _SIZES[key] = tuple(int(s) for s in sizes)
-    sizes = _SIZES[key]
-    return tuple(sum(sizes[:r]) for r in range(len(sizes))), sizes
+def _unbits(b: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", b))[0]
+
+
+def _shape_code(shape) -> list[int]:
+    shape = tuple(shape)
+    if len(shape) > _DIMS:
+        shape = shape[:_DIMS - 1] + (math.prod(shape[_DIMS - 1:]),)
+    return [len(tuple(shape))] + list(shape) + [0] * (_DIMS - len(shape))
+
+
+def _optional_float(v: float | None) -> list[int]:
+    return [0, 0] if v is None else [1, _bits(v)]
+
+
+#: What every rank's call must agree on, in the call header's order: (name, width, encode,
+#: decode). The width is fixed, so the header has one length on every rank whatever its
+#: call holds.
+_FIELDS = (
+    ("the function", 1, lambda v: [_CALLS.index(v)], lambda c: _CALLS[c[0]]),
+    ("the target's shape", _DIMS + 1, _shape_code, lambda c: tuple(c[1:1 + c[0]])),
+    ("whether class_start is given", 1, lambda v: [int(v)], lambda c: bool(c[0])),
+    ("ignore_index", 1, lambda v: [v], lambda c: c[0]),
+    ("label_smoothing", 1, lambda v: [_bits(v)], lambda c: _unbits(c[0])),
+    ("lse_square_scale", 1, lambda v: [_bits(v)], lambda c: _unbits(c[0])),
+    ("softcap", 2, _optional_float, lambda c: _unbits(c[1]) if c[0] else None),
+    ("reduction", 1, lambda v: [_spec.REDUCTIONS.index(v)],
+     lambda c: _spec.REDUCTIONS[c[0]]),
+    ("whether class weights are given", 1, lambda v: [int(v)], lambda c: bool(c[0])),
+    ("the input's features", 1, lambda v: [v], lambda c: c[0]),
+    ("chunk_size", 1, lambda v: [0 if v is None else v], lambda c: c[0] or None),
+    ("whether the input needs a gradient", 1, lambda v: [int(v)], lambda c: bool(c[0])),
+)
+#: Columns after the compared fields: this rank's own class count, first class, compute
+#: dtype's item size, and the type of its local error (0: none).
+_OWN = ("size", "start", "itemsize", "error")
+
+
+class _Agreed(NamedTuple):
+    """What the call header settles, alike on every rank: every rank's first class and
+    class count, and the largest compute dtype's item size (for the default chunk)."""
+    starts: tuple[int, ...]
+    sizes: tuple[int, ...]
+    itemsize: int
+
+
+def _header_device(x, group):
+    """Where the call header travels: the input's device (NCCL needs the GPU), else the
+    backend's."""
+    if isinstance(x, Tensor):
+        return x.device
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree(fn: str, group, device, fields: dict | None, size: int = 0,
+           class_start: int | None = None, itemsize: int = 8,
+           error: BaseException | None = None) -> _Agreed | None:
+    """The call header: one small all_gather, before any collective whose size or count
+    depends on the call, of what every rank's call must agree on (`fields`, by the names
+    of `_FIELDS`) and this rank's class count and first class. A disagreement, slices that
+    do not tile the classes, or a local `error` on any rank raise on every rank, alike:
+    none is left waiting in a collective its peers never join."""
+    code = []
+    for name, width, encode, _ in _FIELDS:
+        part = [0] * width if fields is None else encode(fields[name])
+        code += part
+    kind = 0 if error is None else 1 + next(
+        (i for i, t in enumerate(_ERRORS) if isinstance(error, t)), 0)
+    code += [size, 0 if class_start is None else class_start, itemsize, kind]
+    mine = torch.tensor(code, dtype=torch.int64, device=device)
+    world = dist.get_world_size(group)
+    gathered = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine, group=group)
+    rows = [[int(v) for v in g.tolist()] for g in gathered]
+    if error is not None:  # the caller raises it
+        return None
+    own = len(code) - len(_OWN)
+    failed = [r for r, row in enumerate(rows) if row[own + 3]]
+    if failed:
+        raise _ERRORS[rows[failed[0]][own + 3] - 1](
+            f"mlecore.torch.distributed.{fn}: the call failed on rank(s) {failed} (see the "
+            f"error there); every rank of the group raises")
+    at = 0
+    for name, width, _, decode in _FIELDS:
+        values = [decode(row[at:at + width]) for row in rows]
+        if any(v != values[0] for v in values):
+            raise ValueError(f"mlecore.torch.distributed.{fn}: the ranks' calls disagree on "
+                             f"{name}: {values} on ranks 0..{world - 1}; every rank must pass "
+                             f"the same")
+        at += width
+    sizes = tuple(row[own] for row in rows)
+    if class_start is None:  # on every rank alike (compared above): slices in rank order
+        starts = tuple(sum(sizes[:r]) for r in range(world))
+    else:
+        starts = tuple(row[own + 1] for row in rows)
+    edge = 0
+    for s, n in sorted(zip(starts, sizes, strict=True)):
+        if s != edge:
+            raise ValueError(f"the ranks' classes must tile [0, C) without gaps or overlap: "
+                             f"got slices starting at {list(starts)} of sizes {list(sizes)}")
+        edge = s + n
+    return _Agreed(starts, sizes, max(row[own + 2] for row in rows))
 
 
 class _GradState(NamedTuple):
@@ -73,12 +180,13 @@ class _GradState(NamedTuple):
 _ROW_STATE = ("yl", "local", "valid", "lse", "lse_local", "a")
 
 
-def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_shape,
+def _vocab_forward(x, y, weight, start, ignore, eps, z, group, classes, target_shape,
                    offset=0):
     """Rows of this rank's capped logits x (R, C_local) in the compute dtype, global int64
-    labels y (R,): the per-row losses (float64, every rank alike), the `mean` denominator,
-    and what the gradient needs (`_vocab_grad`). One collective. `offset`: the rows'
-    position in the whole target, for the errors."""
+    labels y (R,), `classes` in all: the per-row losses (float64, every rank alike), the
+    `mean` denominator, and what the gradient needs (`_vocab_grad`). One collective, of a
+    size the call header settled. `offset`: the rows' position in the whole target, for
+    the errors."""
     rows, size = x.shape
     valid = y != ignore
     local = valid & (y >= start) & (y < start + size)
@@ -86,7 +194,6 @@ def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_
     w = torch.ones(size, dtype=x.dtype, device=x.device) if weight is None else \
         weight.to(x.dtype)
     payload = torch.zeros(rows + 1, _WIDTH, dtype=torch.float64, device=x.device)
-    payload[0, _START], payload[0, _SIZE] = start, size
     payload[0, _WSUM] = w.to(torch.float64).sum()
     lse_local = RUST.logsumexp(x)  # the Rust kernel on CPU, torch's elsewhere
     payload[1:, _LSE] = lse_local.to(torch.float64)
@@ -101,7 +208,7 @@ def _vocab_forward(x, y, weight, start, ignore, eps, z, group, expected, target_
     gathered = [torch.empty_like(payload) for _ in range(world)]
     dist.all_gather(gathered, payload, group=group)  # the one collective
     g = torch.stack(gathered)  # (world, R + 1, width), the same on every rank
-    classes = _check_gathered(g, y, ignore, expected, target_shape, _group_key(group), offset)
+    _check_gathered(g, y, ignore, classes, target_shape, offset)
     parts = g[:, 1:]
     lse = torch.logsumexp(parts[..., _LSE], dim=0)
     xy, wy = parts[..., _XY].sum(0), parts[..., _WY].sum(0)
@@ -145,11 +252,11 @@ def _vocab_grad(x, saved: _GradState, eps, z, grad_rows):
 
 class _VocabParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, weight, start, ignore, eps, z, group, expected, target_shape):
+    def forward(ctx, x, y, weight, start, ignore, eps, z, group, classes, target_shape):
         """x: (R, C_local) capped logits in the compute dtype; y: (R,) global int64 labels.
         Returns per-row losses (float64) and the mean's denominator."""
         loss, denom, saved = _vocab_forward(x, y, weight, start, ignore, eps, z, group,
-                                            expected, target_shape)
+                                            classes, target_shape)
         ctx.save_for_backward(x, *saved[:-1])
         ctx.options = (eps, z, saved.smooth)
         ctx.mark_non_differentiable(denom)
@@ -160,28 +267,42 @@ class _VocabParallel(torch.autograd.Function):
         """This rank's slice of the gradient; no collective."""
         x, *tensors = ctx.saved_tensors
         eps, z, smooth = ctx.options
-        return _vocab_grad(x, _GradState(*tensors, smooth), eps, z, grad_rows), *[None] * 9
+        with torch.no_grad():  # in place, on the kernels' results
+            g = _vocab_grad(x, _GradState(*tensors, smooth), eps, z, grad_rows)
+        return _once(g, x, grad_rows), *[None] * 9
 
 
-def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
-                    key, offset: int = 0) -> int:
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on a gradient; differentiating it raises. The distributed losses' second
+    derivative would need collectives of its own in the double backward pass, which they do
+    not have: a clear error instead of a wrong value or torch's complaint about an in-place
+    write."""
+
+    @staticmethod
+    def forward(ctx, g, *inputs):
+        return g.view_as(g)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("mlecore.torch.distributed's losses (cross_entropy, "
+                           "linear_cross_entropy) have no second derivative (a gradient "
+                           "penalty, a Hessian): differentiate the single-process "
+                           "mlecore.torch.cross_entropy or linear_cross_entropy of the whole "
+                           "logits or head instead")
+
+
+def _once(g, *inputs):
+    """`g`, made to raise if a double backward pass (create_graph=True) differentiates it."""
+    if g is None or not torch.is_grad_enabled():
+        return g
+    return _NoSecondDerivative.apply(g, *[t for t in inputs if t is not None])
+
+
+def _check_gathered(g: Tensor, y: Tensor, ignore: int, classes: int, target_shape,
+                    offset: int = 0) -> None:
     """Checks what every rank sees alike (so every rank raises alike, and none hangs): the
-    ranks' slices tile the classes, the targets agree, every label is in range. Returns
-    the class count. Rows are named by their position in the whole target: `offset` + their
-    row in `y`."""
-    starts = [int(v) for v in g[:, 0, _START]]
-    sizes = [int(v) for v in g[:, 0, _SIZE]]
-    if expected is not None and tuple(sizes) != expected:
-        _SIZES[key] = tuple(sizes)  # every rank sees these: the next call agrees again
-        raise ValueError(f"the ranks' class counts changed from {list(expected)} to {sizes} "
-                         "since the sizes were last exchanged; this call is void, the next one "
-                         "uses the new sizes (or pass class_start=)")
-    edge = 0
-    for s, n in sorted(zip(starts, sizes, strict=True)):
-        if s != edge:
-            raise ValueError(f"the ranks' classes must tile [0, C) without gaps or overlap: "
-                             f"got slices starting at {starts} of sizes {sizes}")
-        edge = s + n
+    targets agree, every label is in [0, `classes`). Rows are named by their position in
+    the whole target: `offset` + their row in `y`."""
     targets = g[:, 1:, _Y]
     differ = (targets != targets[:1]).any(dim=0)
     if bool(differ.any()):
@@ -190,12 +311,11 @@ def _check_gathered(g: Tensor, y: Tensor, ignore: int, expected, target_shape,
         raise RuntimeError(f"target differs between ranks: row {row + offset} holds {values} "
                            f"on ranks 0..{len(values) - 1}; every rank must pass the same "
                            "target")
-    _, valid, bad = R.labels(y, edge, ignore)
+    _, valid, bad = R.labels(y, classes, ignore)
     if y.numel() and bool(bad.any()):
         position = int(bad.nonzero()[0, 0])
-        raise _spec.label_error(position + offset, int(y[position]), target_shape, edge,
+        raise _spec.label_error(position + offset, int(y[position]), target_shape, classes,
                                 ignore)
-    return edge
 
 
 def _dtensor_shard(logits, target):
@@ -240,8 +360,9 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
     group : ProcessGroup, optional
         The group whose ranks split the classes (default: the default group).
     class_start : int, optional
-        This rank's first class. By default the ranks hold consecutive slices in rank
-        order, of sizes that may differ (exchanged once per group).
+        This rank's first class, given on every rank or on none. By default the ranks hold
+        consecutive slices in rank order, of sizes that may differ (exchanged in the call
+        header).
     weight : torch.Tensor, optional
         This rank's slice of the class weights, (C_local,).
     ignore_index, reduction, label_smoothing, softcap, lse_square_scale
@@ -260,12 +381,17 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
         A label outside [0, C) that is not `ignore_index`, on every rank.
     RuntimeError
         Targets that differ between ranks (naming the first differing row), on every rank.
+    ValueError
+        Calls that differ between ranks in the target's shape or an option (naming it and
+        every rank's value), slices that do not tile the classes, on every rank. A rank
+        whose own call is invalid raises its error; the others raise its type, naming it.
 
     Notes
     -----
-    One `all_gather` of five float64 per row (plus a header) in the forward pass, none in
-    the backward pass. The checks run after that collective, on what every rank sees alike,
-    so that a bad call raises on every rank and never leaves one waiting in a collective.
+    Two `all_gather`s in the forward pass: the call header (a few int64 per rank), then
+    five float64 per row; none in the backward pass. Every check runs on what every rank
+    sees alike, so that a bad call raises on every rank and never leaves one waiting in a
+    collective. No second derivative: differentiating the gradient raises.
 
     Examples
     --------
@@ -273,22 +399,35 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
     >>> # on each of the ranks of an initialized process group:
     >>> # loss = mtd.cross_entropy(local_logits, target); loss.backward()
     """
-    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
-    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     local_logits, mesh_group, mesh_start, target = _dtensor_shard(local_logits, target)
     if mesh_group is not None:
         group, class_start = mesh_group, mesh_start
-    x = _float_input(local_logits, "local_logits")
-    _check_class_indices(target, "cross_entropy")
-    _, loss_shape = _spec.class_layout(x.shape, target.shape, True)
-    layout = _class_rows(x)
-    size = layout.matrix.shape[1]
-    _check_class_weight(weight, size)
-    class_start, expected = _class_start(class_start, group, size, x.device)
+    device = _header_device(local_logits, group)
+    try:  # a rank's local error is carried by the call header: its peers raise too
+        reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+        softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
+        x = _float_input(local_logits, "local_logits")
+        _check_class_indices(target, "cross_entropy")
+        _, loss_shape = _spec.class_layout(x.shape, target.shape, True)
+        layout = _class_rows(x)
+        size = layout.matrix.shape[1]
+        _check_class_weight(weight, size)
+        class_start = _check_class_start(class_start)
+    except _ERRORS as e:
+        _agree("cross_entropy", group, device, None, error=e)
+        raise
+    agreed = _agree("cross_entropy", group, device, {
+        "the function": "cross_entropy", "the target's shape": tuple(target.shape),
+        "whether class_start is given": class_start is not None, "ignore_index": ignore,
+        "label_smoothing": eps, "lse_square_scale": z, "softcap": softcap,
+        "reduction": reduction, "whether class weights are given": weight is not None,
+        "the input's features": 0, "chunk_size": None,
+        "whether the input needs a gradient": False,
+    }, size, class_start, R.compute_dtype(x.dtype).itemsize)
     y = R.wide_labels(target.reshape(-1))
     loss_rows, denom = _VocabParallel.apply(_capped(layout.matrix, softcap), y, weight,
-                                            class_start, ignore, eps, z, group, expected,
-                                            tuple(target.shape))
+                                            agreed.starts[dist.get_rank(group)], ignore, eps,
+                                            z, group, sum(agreed.sizes), tuple(target.shape))
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
 
 
@@ -304,9 +443,10 @@ class _SumGradients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        with torch.no_grad():
+            total = grad.contiguous().clone()
+            dist.all_reduce(total, group=ctx.group)
+        return _once(total, grad), None
 
 
 class _ParallelHead(torch.autograd.Function):
@@ -316,7 +456,7 @@ class _ParallelHead(torch.autograd.Function):
     At most one chunk's logits, and its gradient, exist at a time."""
 
     @staticmethod
-    def forward(ctx, x, w, b, y, weight, start, ignore, eps, z, softcap, group, expected,
+    def forward(ctx, x, w, b, y, weight, start, ignore, eps, z, softcap, group, classes,
                 target_shape, step):
         """x (N, D) with N > 0; w (C_local, D); y (N,) global int64 labels. Returns per-row
         losses (float64) and the mean's denominator."""
@@ -325,7 +465,7 @@ class _ParallelHead(torch.autograd.Function):
         for i in range(0, n, step):
             capped = _head_logits(x[i:i + step], w, b, softcap)[1]
             loss, denom, keep = _vocab_forward(capped, y[i:i + step], weight, start, ignore,
-                                               eps, z, group, expected, target_shape,
+                                               eps, z, group, classes, target_shape,
                                                offset=i)
             losses.append(loss)
             denoms.append(denom)
@@ -341,6 +481,14 @@ class _ParallelHead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_rows, _grad_denom):
         x, w, b, class_w, *rows = ctx.saved_tensors
+        with torch.no_grad():  # in place, on the kernels' results
+            dx, dw, db = _ParallelHead._grads(ctx, x, w, b, class_w, rows, grad_rows)
+        return (*[_once(t, x, w, b, grad_rows)
+                  for t in (dx, dw, db)], *[None] * 11)
+
+    @staticmethod
+    def _grads(ctx, x, w, b, class_w, rows, grad_rows):
+        """dx, dw, db (None where not wanted), chunk by chunk."""
         eps, z, smooth, softcap, step = ctx.options
         state = _GradState(w=class_w, smooth=smooth, **dict(zip(_ROW_STATE, rows, strict=True)))
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -365,7 +513,7 @@ class _ParallelHead(torch.autograd.Function):
             if dx is not None:
                 dx[i:j] = g @ w
         return (dx, None if dw is None else dw.to(w.dtype),
-                None if db is None else db.to(b.dtype), *[None] * 11)
+                None if db is None else db.to(b.dtype))
 
 
 def _head_logits(x, w, b, softcap):
@@ -396,13 +544,17 @@ def _check_class_weight(weight, size: int) -> None:
         raise _spec.weight_shape_error(size, getattr(weight, "shape", type(weight).__name__))
 
 
-def _class_start(class_start, group, size: int, device) -> tuple[int, tuple | None]:
-    """This rank's first class, and the slice sizes every rank must report (None when the
-    caller gave `class_start`): gathered once per group and size (`_starts`)."""
-    if class_start is not None:
-        return int(class_start), None
-    starts, expected = _starts(group, size, device)
-    return starts[dist.get_rank(group)], expected
+def _check_class_start(class_start) -> int | None:
+    """`class_start` as an int ≥ 0 (one that the call header's int64 holds), or None."""
+    if class_start is None:
+        return None
+    try:
+        start = operator.index(class_start)
+    except TypeError:
+        raise TypeError(f"class_start must be an int or None, got {class_start!r}") from None
+    if not 0 <= start < 2**62:
+        raise ValueError(f"class_start must be a class index ≥ 0, got {start}")
+    return start
 
 
 def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
@@ -429,8 +581,9 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
         As in `cross_entropy`.
     chunk_size : int, optional
         Rows per chunk; by default the rule of `mlecore.linear_cross_entropy` applied to
-        this rank's classes (logits of about 128 MiB per chunk, 2048 rows where that
-        stays under 256 MiB). Every rank must use the same.
+        the largest rank's classes (logits of about 128 MiB per chunk, 2048 rows where that
+        stays under 256 MiB), so the same on every rank. Given, it must be the same on
+        every rank (compared in the call header).
 
     Returns
     -------
@@ -442,7 +595,9 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     Notes
     -----
     This rank's logits (N, C_local) exist whole only when they fit one chunk. Otherwise the
-    rows go in chunks, one `all_gather` per chunk in the forward pass, and the backward pass
+    rows go in chunks: after the call header (as in `cross_entropy`: the ranks' calls
+    compared, a disagreement raised on every rank), one `all_gather` per chunk in the
+    forward pass, and the backward pass
     recomputes each chunk's logits (one matrix product more) from the saved global
     log-sum-exps, with no collective but the input gradient's `all_reduce`.
 
@@ -451,34 +606,55 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
     >>> import mlecore.torch.distributed as mtd
     >>> # on each rank: loss = mtd.linear_cross_entropy(h, head_shard.weight, y)
     """
-    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
-    softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
-    x = _float_input(input)
-    _check_class_indices(target, "linear_cross_entropy")
-    if local_weight.ndim != 2 or local_weight.shape[-1] != x.shape[-1]:
-        raise ValueError(f"local_weight must have shape (C_local, {x.shape[-1]}), one row of "
-                         f"the input's features per class, got {tuple(local_weight.shape)}")
-    size = local_weight.shape[0]
-    if local_bias is not None and tuple(local_bias.shape) != (size,):
-        raise ValueError(f"local_bias must have shape ({size},), got "
-                         f"{tuple(local_bias.shape)}")
-    _check_class_weight(weight, size)
-    _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
-    chunk_size = _spec.check_chunk_size(chunk_size)
-    class_start, expected = _class_start(class_start, group, size, x.device)
-    if torch.is_grad_enabled() and x.requires_grad:
+    fn = "linear_cross_entropy"
+    device = _header_device(input, group)
+    try:  # a rank's local error is carried by the call header: its peers raise too
+        reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+        softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
+        x = _float_input(input)
+        _check_class_indices(target, fn)
+        if not isinstance(local_weight, Tensor) or local_weight.ndim != 2 \
+                or local_weight.shape[-1] != x.shape[-1]:
+            raise ValueError(f"local_weight must have shape (C_local, {x.shape[-1]}), one row "
+                             f"of the input's features per class, got "
+                             f"{tuple(getattr(local_weight, 'shape', ()))}")
+        size = local_weight.shape[0]
+        if local_bias is not None and tuple(local_bias.shape) != (size,):
+            raise ValueError(f"local_bias must have shape ({size},), got "
+                             f"{tuple(local_bias.shape)}")
+        _check_class_weight(weight, size)
+        _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
+        chunk_size = _spec.check_chunk_size(chunk_size)
+        class_start = _check_class_start(class_start)
+    except _ERRORS as e:
+        _agree(fn, group, device, None, error=e)
+        raise
+    # Whether the backward pass runs _SumGradients' all_reduce: the same on every rank.
+    grad = torch.is_grad_enabled() and x.requires_grad
+    agreed = _agree(fn, group, device, {
+        "the function": fn, "the target's shape": tuple(target.shape),
+        "whether class_start is given": class_start is not None, "ignore_index": ignore,
+        "label_smoothing": eps, "lse_square_scale": z, "softcap": softcap,
+        "reduction": reduction, "whether class weights are given": weight is not None,
+        "the input's features": x.shape[-1],
+        "chunk_size": None if chunk_size is None else min(chunk_size, 2**62),
+        "whether the input needs a gradient": grad,
+    }, size, class_start, R.compute_dtype(x.dtype).itemsize)
+    start, classes = agreed.starts[dist.get_rank(group)], sum(agreed.sizes)
+    if grad:
         x = _SumGradients.apply(x, group)
     rows = x.reshape(-1, x.shape[-1])
     y = R.wide_labels(target.reshape(-1))
     n = rows.shape[0]
-    itemsize = torch.empty((), dtype=R.compute_dtype(x.dtype)).element_size()
-    step = chunk_rows(n, size, itemsize, chunk_size)
+    # The number of chunks, hence of all_gathers, from what the header settled: the rule of
+    # the fused loss on the largest rank's classes, alike on every rank.
+    step = chunk_rows(n, max(agreed.sizes), agreed.itemsize, chunk_size)
     if step >= n:  # one chunk: its logits kept for the backward pass, nothing recomputed
         capped = _head_logits(rows, local_weight, local_bias, softcap)[1]
-        loss_rows, denom = _VocabParallel.apply(capped, y, weight, class_start, ignore, eps,
-                                                z, group, expected, tuple(target.shape))
+        loss_rows, denom = _VocabParallel.apply(capped, y, weight, start, ignore, eps, z,
+                                                group, classes, tuple(target.shape))
     else:
         loss_rows, denom = _ParallelHead.apply(rows, local_weight, local_bias, y, weight,
-                                               class_start, ignore, eps, z, softcap,
-                                               group, expected, tuple(target.shape), step)
+                                               start, ignore, eps, z, softcap, group,
+                                               classes, tuple(target.shape), step)
     return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
