@@ -1,7 +1,9 @@
 """The loss options fused kernels offer: soft-capping, the z-loss, and statistics from the
 same pass, on both front-ends, against float64 references."""
 
+import importlib.util
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -198,3 +200,66 @@ def test_torch_options_gradcheck_and_compile():
                              fullgraph=True)
     torch.testing.assert_close(compiled(x, y), mt.cross_entropy(x, y, softcap=2.5,
                                                                lse_square_scale=0.01))
+
+
+def test_a_softcap_outside_float32s_range_is_refused_on_every_path():
+    """softcap=1e300 or 1e-50 on float32 or float16 gave NaN silently on every path (the
+    cap is inf or 0 in float32); such a cap is refused, and the edges of the range compute
+    right: the largest cap changes no logit, the smallest leaves a uniform softmax."""
+    low, high = 2.0**-126, float(np.finfo(np.float32).max)  # float32's normal range
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((4, 5)).astype(np.float32), np.array([0, 4, 2, 1])
+    h, w = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((5, 3))
+    calls = [lambda cap: mlecore.cross_entropy(x, y, softcap=cap),
+             lambda cap: mlecore.cross_entropy_with_grad(x, y, softcap=cap),
+             lambda cap: mlecore.linear_cross_entropy(h, w.astype(np.float32), y, softcap=cap),
+             lambda cap: mlecore.linear_cross_entropy_with_grad(h, w, y, softcap=cap)]
+    if importlib.util.find_spec("dask") is not None:  # refused before any block is read
+        import dask.array as da
+
+        calls.append(lambda cap: mlecore.cross_entropy(da.from_array(x), y, softcap=cap))
+    for cap in (1e300, 1e-50, high * (1 + 1e-15), low / 2, 5e-324):
+        for call in calls:
+            with pytest.raises(ValueError, match=r"softcap must be in \[1.175494e-38, "
+                                                 r"3.402823e\+38\] \(float32's normal range"):
+                call(cap)
+    for dtype in (np.float16, np.float32, np.float64):
+        xd = x.astype(dtype)
+        np.testing.assert_allclose(mlecore.cross_entropy(xd, y, softcap=high),
+                                   mlecore.cross_entropy(xd, y), rtol=1e-6)
+        loss, grad = mlecore.cross_entropy_with_grad(xd, y, softcap=low)
+        np.testing.assert_allclose(loss, np.log(5), rtol=1e-3)
+        assert np.isfinite(grad).all()
+        np.testing.assert_allclose(mlecore.linear_cross_entropy(h.astype(dtype), w, y,
+                                                                softcap=low),
+                                   np.log(5), rtol=1e-3)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("backend", ["rust", "torch"])
+def test_a_softcap_outside_float32s_range_is_refused_by_the_torch_functions(backend):
+    import torch
+
+    import mlecore.torch as mt
+
+    low, high = 2.0**-126, float(np.finfo(np.float32).max)  # float32's normal range
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(4, 5, generator=gen), torch.tensor([0, 4, 2, 1])
+    h, w = torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    calls = [lambda cap: mt.cross_entropy(x, y, softcap=cap, backend=backend),
+             lambda cap: mt.cross_entropy_with_grad(x, y, softcap=cap, backend=backend),
+             lambda cap: mt.linear_cross_entropy(h, w, y, softcap=cap, backend=backend)]
+    for cap in (1e300, 1e-50):
+        for call in calls:
+            with pytest.raises(ValueError, match=r"softcap must be in \[1.175494e-38"):
+                call(cap)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        xd = x.to(dtype).requires_grad_()
+        torch.testing.assert_close(mt.cross_entropy(xd, y, softcap=high, backend=backend),
+                                   mt.cross_entropy(xd, y, backend=backend))
+        loss = mt.cross_entropy(xd, y, softcap=low, backend=backend)
+        loss.backward()
+        assert abs(float(loss) - math.log(5)) < 1e-2 and torch.isfinite(xd.grad).all()
+        lin = mt.linear_cross_entropy(h.to(dtype), w.to(dtype), y, softcap=low,
+                                      backend=backend)
+        assert abs(float(lin) - math.log(5)) < 1e-2

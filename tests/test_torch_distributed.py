@@ -418,6 +418,9 @@ def _disagreements(rank, world):
     with pytest.raises(TypeError, match="local_logits has dtype" if other else
                        r"the call failed on rank\(s\) \[1\]"):
         mtd.cross_entropy(x[:, mine].to(torch.int64) if other else x[:, mine], y)
+    # A cap outside float32's range (NaN silently, once) is refused on every rank alike.
+    with pytest.raises(ValueError, match=r"softcap must be in \[1.175494e-38"):
+        head(softcap=1e300)
     torch.testing.assert_close(ce(), mt.cross_entropy(x, y))  # the group still works
 
 

@@ -18,6 +18,10 @@ BACKENDS = ("auto", "rust", "torch")
 #: Values of `reduction=`, torch's names.
 REDUCTIONS = ("none", "mean", "sum")
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+#: float32's normal range, [2^-126, (2 − 2^-23)·2^127]: every float16, bfloat16 and float32
+#: input is capped in float32, where c outside it is inf or loses its digits (and
+#: c·tanh(z/c) turns NaN).
+SOFTCAP_RANGE = (2.0**-126, (2 - 2.0**-23) * 2.0**127)
 
 
 def is_tensor(x) -> bool:
@@ -67,6 +71,11 @@ def check_loss_options(softcap=None, lse_square_scale=0.0) -> tuple[float | None
 
     `softcap` c > 0 makes the logits c·tanh(z/c) before the loss (Gemma 2's soft-capping);
     `lse_square_scale` s ≥ 0 adds s·lse² to each counted row's loss (PaLM's z-loss).
+
+    The cap must lie in float32's normal range (`SOFTCAP_RANGE`) whatever the dtype: one
+    rule for every dtype and path, checked before any input is read (Dask's included). A
+    cap beyond 3.4e38 caps nothing and one below 1.2e-38 leaves no logits, so float64
+    loses no useful cap by it.
     """
     if softcap is not None:
         try:
@@ -75,6 +84,10 @@ def check_loss_options(softcap=None, lse_square_scale=0.0) -> tuple[float | None
             raise TypeError(f"softcap must be a float or None, got {softcap!r}") from None
         if not (cap > 0 and math.isfinite(cap)):
             raise ValueError(f"softcap must be a finite number > 0, got {softcap}")
+        low, high = SOFTCAP_RANGE
+        if not low <= cap <= high:
+            raise ValueError(f"softcap must be in [{low:.7g}, {high:.7g}] (float32's normal "
+                             f"range, for every dtype), got {softcap}")
         softcap = cap
     try:
         z = float(lse_square_scale)
