@@ -150,3 +150,62 @@ def test_an_array_larger_than_the_workers_memory(tmp_path):
     picked = block[np.arange(step), labels[:step]]
     per_block = lse_block - picked  # the offsets cancel in lse − x_y, labels repeat by block
     np.testing.assert_allclose(loss, per_block.mean(), rtol=1e-5)
+
+
+def test_unknown_chunk_sizes_are_handled_as_the_numpy_path(client, rng):
+    """After boolean indexing dask knows no row counts: cross_entropy and nll_loss said
+    "must have shape (nan,) ... got (nan,)"; now they compute, and what cannot be checked
+    before computing is checked block by block."""
+    x, y = _problem(rng, np.float64)
+    y[12] = 3
+    p = rng.random((13, 7))
+    p /= p.sum(axis=1, keepdims=True)
+    keep = np.arange(13) % 3 != 1
+    dx, dy, dp = (da.from_array(a, chunks=(5, 3)[:a.ndim]) for a in (x, y, p))
+    mask = da.from_array(keep, chunks=5)
+    assert np.isnan(dx[mask].shape[0])
+    for kw in ({}, {"reduction": "sum", "label_smoothing": 0.1}, {"reduction": "none"},
+               {"weight": np.arange(1.0, 8.0)}):
+        for target, plain in ((dy, y), (dp, p)):
+            _close(mlecore.cross_entropy(dx[mask], target[mask], **kw).compute(),
+                   mlecore.cross_entropy(x[keep], plain[keep], **kw), np.float64)
+        kw.pop("label_smoothing", None)
+        _close(mlecore.nll_loss(dx[mask], dy[mask], **kw).compute(),
+               mlecore.nll_loss(x[keep], y[keep], **kw), np.float64)
+    with pytest.raises(ValueError, match="must be chunked alike"):
+        mlecore.cross_entropy(dx[mask], y[keep])
+    with pytest.raises(ValueError, match="class axis of a Dask input must have a known"):
+        mlecore.cross_entropy(dx[mask][:, 0], da.from_array(np.int64(0)))
+    with pytest.raises(ValueError, match="the target's block 1 holds 2 rows where the "
+                                         "input's holds 4"):
+        mlecore.cross_entropy(dx[mask], dy[da.from_array(np.arange(13) % 2 == 0,
+                                                         chunks=5)]).compute()
+    bad = y.copy()
+    bad[12] = 9
+    with pytest.raises(IndexError, match=r"Target 9 is out of bounds: element 1 of the "
+                                         r"target's block 2 \(of unknown offset"):
+        mlecore.cross_entropy(dx[mask], da.from_array(bad, chunks=5)[mask]).compute()
+
+
+def test_a_0d_array_keeps_its_declared_shape(client):
+    """logsumexp, softmax and log_softmax of a 0-d Dask array declared shape () and
+    computed (1,); now both are the numpy path's shape."""
+    z = np.float32(2.5)
+    for f in (mlecore.logsumexp, mlecore.softmax, mlecore.log_softmax):
+        for kw in ({}, {"keepdims": True}) if f is mlecore.logsumexp else ({},):
+            lazy = f(da.from_array(z), **kw)
+            got, want = lazy.compute(), f(z, **kw)
+            assert lazy.shape == np.shape(got) == np.shape(want), (f, kw)
+            np.testing.assert_allclose(got, want)
+            assert got.dtype == np.float32
+
+
+def test_the_fused_linear_loss_refuses_dask_arrays(rng):
+    """Given a Dask x or w, the fused linear loss computed the whole graph (blocks more than
+    once) and returned numpy; it refuses them as cross_entropy_with_grad does."""
+    x, w, y = rng.standard_normal((6, 3)), rng.standard_normal((4, 3)), np.arange(6) % 4
+    for args in ((da.from_array(x), w, y), (x, da.from_array(w), y),
+                 (x, w, da.from_array(y))):
+        for f in (mlecore.linear_cross_entropy, mlecore.linear_cross_entropy_with_grad):
+            with pytest.raises(TypeError, match="not Dask arrays"):
+                f(*args)

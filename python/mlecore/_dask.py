@@ -10,6 +10,8 @@ Imported only when a Dask array arrives: `import mlecore` imports no dask.
 
 from __future__ import annotations
 
+import math
+
 import dask.array as da
 import numpy as np
 
@@ -53,12 +55,16 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
         raise NotImplementedError("b= and return_sign= are not supported on Dask arrays; "
                                   "compute them with numpy arrays")
     x, dtype = _float(a)
+    if x.ndim == 0:  # as on the numpy path: one value is a (1,) array
+        x = x.reshape(1)
     return _lse64(x, axes_of(axis, x.ndim), keepdims).astype(dtype)
 
 
 def _normalized(a, axis, log: bool):
     x, dtype = _float(a)
     axes = axes_of(axis, x.ndim)
+    if x.ndim == 0:  # as on the numpy path: the one value is its own slice, shape ()
+        return _normalized(a.reshape(1), None, log).reshape(())
     lse = _lse64(x, axes, True).astype(x.dtype)
     # A slice whose log-sum-exp is not finite (it holds +inf or NaN, or is all −inf) is all
     # NaN, as on the numpy path.
@@ -92,12 +98,64 @@ def _checked(y, classes: int, ignore: int, shape):
             check_labels(flat, classes, ignore)
         except IndexError:
             wide = flat.astype(object)  # exact for every integer dtype, uint64 included
-            bad = np.flatnonzero((wide != ignore) & ((wide < 0) | (wide >= classes)))[0]
-            raise _spec.label_error(start + int(bad), int(flat[bad]), shape, classes,
+            bad = int(np.flatnonzero((wide != ignore) & ((wide < 0) | (wide >= classes)))[0])
+            if start is None or _unknown(start):  # chunk sizes unknown: name the block
+                block_number = block_info[0]["chunk-location"][0]
+                raise IndexError(f"Target {flat[bad]} is out of bounds: element {bad} of the "
+                                 f"target's block {block_number} (of unknown offset: chunk "
+                                 f"sizes unknown) = {flat[bad]}, expected a class index in "
+                                 f"[0, {classes}) or ignore_index ({ignore})") from None
+            raise _spec.label_error(start + bad, int(flat[bad]), shape, classes,
                                     ignore) from None
         return block
 
     return y.map_blocks(check, dtype=y.dtype)
+
+
+def _unknown(n) -> bool:
+    """A length dask does not know (NaN: after boolean indexing, say)."""
+    return isinstance(n, float) and math.isnan(n)
+
+
+def _layout(x: da.Array, t, is_index: bool) -> tuple[int, tuple]:
+    """`_spec.class_layout` for Dask shapes, whose row counts may be unknown: then the class
+    count must be known, and the input's and the target's rows unknown alike, chunk for
+    chunk (as indexing both by one mask leaves them); their blocks' lengths are compared
+    when computed (`_aligned`). An unknown row count stays NaN in the loss's shape."""
+    xs, ts = tuple(x.shape), tuple(t.shape)
+    if not any(_unknown(n) for n in xs + ts):
+        return _spec.class_layout(xs, ts, is_index)
+    if len(xs) == 1 or (len(xs) > 1 and _unknown(xs[1])):
+        raise ValueError(f"the class axis of a Dask input must have a known length, got shape "
+                         f"{xs}: call input.compute_chunk_sizes() first")
+    rows_x = x.chunks[0]
+    rows_t = t.chunks[0] if isinstance(t, da.Array) and t.ndim else ()
+    if len(rows_x) != len(rows_t) or any(
+            _unknown(a) != _unknown(b) or not _unknown(a) and a != b
+            for a, b in zip(rows_x, rows_t, strict=False)):
+        raise ValueError(f"where row counts are unknown, the input's rows (chunks "
+                         f"{rows_x}) and the target's ({rows_t or ts}) must be chunked alike, "
+                         "as indexing both by one mask leaves them; or call "
+                         "compute_chunk_sizes() on both first")
+    known = [-1 if _unknown(n) else n for n in xs], [-1 if _unknown(n) else n for n in ts]
+    classes, loss_shape = _spec.class_layout(*known, is_index)
+    return classes, tuple(math.nan if n == -1 else n for n in loss_shape)
+
+
+def _aligned(x: da.Array, t: da.Array) -> da.Array:
+    """`t`, checked block by block to hold as many rows as `x`'s block (whose lengths dask
+    does not know before computing them)."""
+    def check(tb, xb, block_info=None):
+        if tb.shape[0] != xb.shape[0]:
+            block = block_info[0]["chunk-location"][0]
+            raise ValueError(f"the target's block {block} holds {tb.shape[0]} rows where the "
+                             f"input's holds {xb.shape[0]}: index both by the same mask")
+        return tb
+
+    firsts = x[:, 0]
+    if t.ndim == 1:
+        return da.map_blocks(check, t, firsts, dtype=t.dtype)
+    return da.map_blocks(check, t, firsts[:, None], dtype=t.dtype)
 
 
 def _rows(x: da.Array, target, is_index: bool):
@@ -135,10 +193,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     x, dtype = _float(input)
     t = target if isinstance(target, da.Array) else np.asarray(target)
     is_index = _spec.target_is_index(t.dtype.kind, t.dtype)
-    classes, loss_shape = _spec.class_layout(x.shape, t.shape, is_index)
+    classes, loss_shape = _layout(x, t, is_index)
     if is_index:
         t = _checked(t, classes, ignore, tuple(t.shape))
     x, t = _rows(x, t, is_index)
+    if _unknown(x.shape[0]):
+        t = _aligned(x, t)
     if cap is not None:
         x = cap * da.tanh(x / cap)
     w = _weights(weight, classes, np.float64)
@@ -155,8 +215,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         a = v.sum(axis=1)
         # 0·(lse − x) is 0 even where x = −inf: a zero probability adds nothing.
         loss = a * lse - da.where(v == 0, 0.0, v * x).sum(axis=1, dtype=f64)
-        valid = da.ones(x.shape[0], dtype=bool, chunks=(x.chunks[0],))
-        denom = float(x.shape[0])
+        valid = da.ones_like(x[:, 0], dtype=bool)
+        denom = float(x.shape[0]) if not _unknown(x.shape[0]) else valid.sum()
     if is_index and eps:
         wx = da.where(w == 0, 0.0, x * w).sum(axis=1, dtype=f64)
         loss = loss + (eps / classes) * (w.sum() * lse - wx)
@@ -167,9 +227,14 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     loss = da.where(poisoned, np.nan, loss)
     loss = da.where(valid, loss, 0.0)
     if reduction == "none":
-        return loss.reshape(loss_shape).astype(dtype)
+        return _shaped(loss, loss_shape).astype(dtype)
     total = loss.sum()
     return (total if reduction == "sum" else total / denom).astype(dtype)
+
+
+def _shaped(loss: da.Array, loss_shape: tuple) -> da.Array:
+    """Per-row losses in the loss's shape; rows of unknown count stay as they are."""
+    return loss if any(_unknown(n) for n in loss_shape) else loss.reshape(loss_shape)
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
@@ -178,13 +243,15 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     x, dtype = _float(input)
     t = target if isinstance(target, da.Array) else np.asarray(target)
     _spec.index_only(_spec.target_is_index(t.dtype.kind, t.dtype), t.dtype)
-    classes, loss_shape = _spec.class_layout(x.shape, t.shape, True)
+    classes, loss_shape = _layout(x, t, True)
     t = _checked(t, classes, ignore, tuple(t.shape))
     x, t = _rows(x, t, True)
+    if _unknown(x.shape[0]):
+        t = _aligned(x, t)
     w = _weights(weight, classes, np.float64)
     valid, xy, wy = _picked(x, t, w, ignore)
     loss = da.where(valid, -wy * xy, 0.0)
     if reduction == "none":
-        return loss.reshape(loss_shape).astype(dtype)
+        return _shaped(loss, loss_shape).astype(dtype)
     total = loss.sum()
     return (total if reduction == "sum" else total / wy.sum()).astype(dtype)

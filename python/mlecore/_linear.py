@@ -25,6 +25,11 @@ from ._linear_chunks import Grads, Linear, Pass, chunk_rows, run
 def prepare(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, softcap,
             lse_square_scale, chunk_size) -> Linear:
     """Validates a numpy linear cross-entropy call."""
+    if any(_spec.is_dask(a) for a in (x, w, target, bias, weight)):
+        # numpy would compute the whole graph (blocks more than once) and return numpy.
+        raise TypeError("linear_cross_entropy and linear_cross_entropy_with_grad take numpy "
+                        "arrays and tensors, not Dask arrays: compute x and w first, or "
+                        "give cross_entropy the Dask logits (lazy)")
     reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
     softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     chunk_size = _spec.check_chunk_size(chunk_size)
