@@ -71,10 +71,26 @@ def test_compiled_layer_rejects_what_the_package_would_never_send():
     from mlecore import _mlecore as ext
 
     with pytest.raises(ValueError, match="C-contiguous"):
-        ext.logsumexp_rows(np.ones((3, 4))[:, ::2], np.empty(3))
-    with pytest.raises(TypeError, match="unsupported dtype"):
-        ext.logsumexp_rows(np.ones((3, 4), np.int32), np.empty(3, np.int32))
+        ext.logsumexp_rows(np.ones((3, 4))[:, ::2], 2, np.empty(3))
+    with pytest.raises(TypeError, match="kernels take float32"):
+        ext.logsumexp_rows(np.ones((3, 4), np.int32), 4, np.empty(3, np.int32))
     with pytest.raises(ValueError, match="elements"):
-        ext.logsumexp_rows(np.ones((3, 4)), np.empty(2))
+        ext.logsumexp_rows(np.ones((3, 4)), 4, np.empty(2))
+    with pytest.raises(TypeError, match="out must hold float64, got float32"):
+        ext.logsumexp_rows(np.ones((3, 4)), 4, np.empty(3, np.float32))
+    read_only = np.empty(3)
+    read_only.setflags(write=False)
+    with pytest.raises(ValueError, match="out is read-only"):
+        ext.logsumexp_rows(np.ones((3, 4)), 4, read_only)
+    # The tuple form (a tensor's address, element count and dtype code).
+    x = np.ones((3, 4))
+    with pytest.raises(ValueError, match="unknown dtype code 99"):
+        ext.logsumexp_rows((x.ctypes.data, 12, 99), 4, np.empty(3))
+    with pytest.raises(ValueError, match="aligned to 8 bytes"):
+        ext.logsumexp_rows((x.ctypes.data + 1, 12, 1), 4, np.empty(3))
+    with pytest.raises(TypeError, match="numpy array or"):
+        ext.logsumexp_rows([1.0, 2.0], 2, np.empty(1))
+    with pytest.raises(TypeError, match="class indices or probabilities of the input's"):
+        ext.cross_entropy_rows((x, 4, np.zeros(3, np.float32), None, -100, 0.0, 0.0))
     with pytest.raises(ValueError, match="at least 1"):
         mlecore.set_num_threads(0)

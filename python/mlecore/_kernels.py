@@ -17,17 +17,22 @@ from ._arrays import as_rows, native
 from ._spec import label_error
 
 
+def reworded(e: IndexError, target_shape, n_classes: int, ignore_index: int) -> IndexError:
+    """The kernels' out-of-range report (message, flat position, value) reworded with the
+    position in the caller's target shape; any other IndexError as it is."""
+    if len(e.args) != 3:
+        return e
+    _, position, value = e.args
+    return label_error(position, value, target_shape, n_classes, ignore_index)
+
+
 @contextmanager
 def labels_reported(target_shape, n_classes: int, ignore_index: int):
-    """Rewords the kernels' out-of-range report (message, flat position, value) with the
-    position in the caller's target shape."""
+    """`reworded` around a block of kernel calls."""
     try:
         yield
     except IndexError as e:
-        if len(e.args) != 3:
-            raise
-        _, position, value = e.args
-        raise label_error(position, value, target_shape, n_classes, ignore_index) from None
+        raise reworded(e, target_shape, n_classes, ignore_index) from None
 
 
 @dataclass
@@ -47,24 +52,29 @@ class CeRows:
     def _reported(self):
         return labels_reported(self.target_shape, self.n_classes, self.ignore_index)
 
+    def call(self) -> tuple:
+        """The problem as the kernels take it (`rust/python/calls.rs`, `Problem`)."""
+        return (self.x, self.x.shape, self.target, self.weight, self.ignore_index,
+                self.label_smoothing, self.lse_square_scale)
+
     def forward(self, loss: np.ndarray, lse: np.ndarray,
                 hits: np.ndarray | None = None) -> tuple[float, float]:
         """Per-row losses (float64), log-sum-exps and (given `hits`) whether each row's class
         holds its maximum; returns (Σ loss, mean denominator)."""
         with self._reported():
-            return _ext.cross_entropy_rows(self, loss, lse, hits)
+            return _ext.cross_entropy_rows(self.call(), loss, lse, hits)
 
     def fused(self, scale, grad: np.ndarray | None, loss: np.ndarray, lse: np.ndarray,
               hits: np.ndarray | None = None) -> tuple[float, float]:
         """`forward`, and the gradient into `grad` (None: over `x`), scaled as the reduction
         `scale` ("mean", "sum", "none") or by the number `scale`."""
         with self._reported():
-            return _ext.cross_entropy_grad_rows(self, scale, grad, loss, lse, hits)
+            return _ext.cross_entropy_grad_rows(self.call(), scale, grad, loss, lse, hits)
 
     def backward(self, lse: np.ndarray, scale_rows: np.ndarray, grad: np.ndarray) -> None:
         """The gradient from saved log-sum-exps, row r scaled by `scale_rows[r]`."""
         with self._reported():
-            _ext.cross_entropy_backward_rows(self, lse, 1.0, scale_rows, grad)
+            _ext.cross_entropy_backward_rows(self.call(), lse, 1.0, scale_rows, grad)
 
 
 def check_labels(target: np.ndarray, n_classes: int, ignore_index: int,
@@ -83,7 +93,7 @@ def logsumexp_over(arr: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     if res is None:
         rows = as_rows(arr, axes)
         out = np.empty(rows.matrix.shape[0], arr.dtype)
-        _ext.logsumexp_rows(rows.matrix, out)
+        _ext.logsumexp_rows(rows.matrix, rows.matrix.shape[1], out)
         res = rows.restore_reduced(out)
     return res
 
@@ -102,8 +112,9 @@ def _logsumexp_block(arr, axes):
             return None  # trailing axes: contiguous rows
         shape = view.shape
         outer, inner = math.prod(shape[: ax[0]]), math.prod(shape[ax[-1] + 1:])
+        steps = math.prod(shape[ax[0]: ax[-1] + 1])
         out = np.empty((outer, inner), arr.dtype)
-        _ext.logsumexp_axis(view.reshape(outer, -1, inner), out)
+        _ext.logsumexp_axis(view, (outer, steps, inner), out)
         out = out.reshape(shape[: ax[0]] + shape[ax[-1] + 1:])
         return out if view is arr else out.T
     return None

@@ -134,7 +134,7 @@ def _softmax(x, axis, log: bool):
     axes = axes_of(axis, arr.ndim)
     rows = as_rows(arr, axes)
     out = np.empty_like(rows.matrix)
-    _ext.softmax_rows(rows.matrix, out, log)
+    _ext.softmax_rows(rows.matrix, rows.matrix.shape[1], out, log)
     return _scalar(rows.restore(out))
 
 

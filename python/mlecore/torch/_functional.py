@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _spec
+from . import _eager, _rust
 from . import _reference as R
-from . import _rust
 from ._ops import TRANSFORMABLE, check_targets, ops
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The backends whose CPU calls may take the eager path (`_eager.py`).
+_EAGER = ("auto", "rust")
 
 
 def _float_input(x, name="input") -> Tensor:
@@ -81,8 +84,10 @@ def logsumexp(input: Tensor, dim, keepdim: bool = False, *, backend: str = "auto
     """
     x = _float_input(input)
     dims = _spec.check_dim(dim, x.ndim)
-    rows = _Rows(x, dims)
-    out = ops(backend, x).logsumexp(rows.matrix).reshape(rows.kept_shape)
+    out = (_eager.logsumexp(x, dims) if backend in _EAGER and _eager.usable(x) else None)
+    if out is None:
+        rows = _Rows(x, dims)
+        out = ops(backend, x).logsumexp(rows.matrix).reshape(rows.kept_shape)
     if keepdim:
         for d in dims:
             out = out.unsqueeze(d)
@@ -97,6 +102,10 @@ def _normalized(input, dim, dtype, backend, which):
         input = input.to(dtype)
     x = _float_input(input)
     dims = _spec.check_dim(dim, x.ndim)
+    if backend in _EAGER and _eager.usable(x):
+        out = _eager.normalized(x, dims, which == "log_softmax")
+        if out is not None:
+            return out
     rows = _Rows(x, dims)
     return rows.restore(getattr(ops(backend, x), which)(rows.matrix))
 
@@ -207,8 +216,11 @@ def _prepare(input, target, weight, ignore_index, reduction, label_smoothing,
     return x, t, w, ignore, eps, reduction, loss_shape
 
 
-def _reduce(loss_rows, denom, reduction, loss_shape, dtype):
-    total = loss_rows.sum() if reduction != "none" else None
+def _reduce(loss_rows, denom, reduction, loss_shape, dtype, total=None):
+    """`_spec.reduce_loss` in `dtype`; the total is the rows' sum unless given (the kernels'
+    own float64 sum, which the eager path uses too)."""
+    if total is None and reduction != "none":
+        total = loss_rows.sum()
     return _spec.reduce_loss(loss_rows, total, denom, reduction, loss_shape).to(dtype)
 
 
@@ -295,14 +307,21 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     >>> torch.allclose(logits.grad, torch.softmax(logits, 1) - torch.tensor([1.0, 0, 0]))
     True
     """
+    if softcap is None and not return_stats and backend in _EAGER and _eager.usable(input):
+        how, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+        z = _spec.check_loss_options(None, lse_square_scale)[1]
+        loss = _eager.cross_entropy(input, target, weight, ignore, eps, z, how)
+        if loss is not None:
+            return loss
     x, t, w, ignore, eps, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, label_smoothing)
     softcap, z = _spec.check_loss_options(softcap, lse_square_scale)
     rows = _softcapped(_class_rows(x).matrix, softcap)
     if softcap is not None and t.is_floating_point():
         t = t.to(rows.dtype)
-    loss_rows, lse, denom, hits = ops(backend, x).cross_entropy(rows, t, w, ignore, eps, z)
-    loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype)
+    loss_rows, lse, denom, hits, total = ops(backend, x).cross_entropy(rows, t, w, ignore, eps,
+                                                                        z)
+    loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype, total)
     if return_stats and t.is_floating_point():
         hits = _prob_hits(rows, t)
     return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
@@ -340,17 +359,20 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     x, t, w, ignore, _, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, 0.0, index_only=True)
     ops(backend, x)  # the same device rule as the other functions
-    rows = _class_rows(x).matrix
-    safe = check_targets(t, rows.shape[-1], ignore).reshape(-1)
-    valid = R.labels(t, rows.shape[-1], ignore)[1].reshape(-1)
-    if rows.shape[-1]:
-        picked = rows.gather(-1, safe.unsqueeze(-1)).squeeze(-1).to(torch.float64)
-    else:  # no classes: every label is ignored (checked)
-        picked = rows.new_zeros(rows.shape[0], dtype=torch.float64)
-    wy = torch.ones_like(picked) if w is None else w.to(torch.float64)[safe]
-    wy = torch.where(valid, wy, torch.zeros_like(wy))
-    loss_rows = torch.where(valid, -wy * picked, torch.zeros_like(picked))
-    return _reduce(loss_rows, wy.sum(), reduction, loss_shape, x.dtype)
+    classes = x.shape[_spec.class_axis(x.ndim)]
+    if backend in _EAGER and _eager.usable(x) and classes:
+        y = _eager.checked_labels(t, classes, ignore)
+    else:
+        y = check_targets(t, classes, ignore)
+    if not classes:  # no classes: every label is ignored (checked)
+        loss_rows = x.new_zeros(loss_shape, dtype=torch.float64) + x.sum() * 0
+        return _reduce(loss_rows.reshape(-1), loss_rows.new_zeros(()), reduction, loss_shape,
+                       x.dtype)
+    # torch's kernel, after mlecore's label rules; half precision computed in float32, as
+    # everywhere in mlecore (torch sums bfloat16 in bfloat16).
+    xc = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    wc = None if w is None else w.to(xc.dtype)
+    return F.nll_loss(xc, y, wc, ignore_index=ignore, reduction=reduction).to(x.dtype)
 
 
 class _PrecomputedGrad(torch.autograd.Function):
@@ -385,12 +407,14 @@ def _with_grad_transformable(x, t, w, ignore, eps, z, reduction, loss_shape, out
         raise ValueError("out= cannot be written under forward-mode AD or torch.func "
                          "transforms; leave it out")
     layout = _class_rows(x)
-    loss_rows, lse, denom, _ = TRANSFORMABLE.cross_entropy(layout.matrix, t, w, ignore, eps, z)
+    loss_rows, lse, denom, _, total = TRANSFORMABLE.cross_entropy(layout.matrix, t, w, ignore,
+                                                                    eps, z)
     scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
     grad_rows = TRANSFORMABLE.cross_entropy_backward(
         scale.expand(loss_rows.shape), layout.matrix, t.reshape(-1) if not
         t.is_floating_point() else t, w, lse, ignore, eps, z)
-    return _reduce(loss_rows, denom, reduction, loss_shape, x.dtype), layout.restore(grad_rows)
+    return (_reduce(loss_rows, denom, reduction, loss_shape, x.dtype, total),
+            layout.restore(grad_rows))
 
 
 def _memory(t: Tensor) -> tuple[int, int]:
@@ -495,7 +519,7 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
             loss_rows, lse, denom, hits, grad_rows = _rust.cross_entropy_with_grad(
                 rows, t, w, ignore, eps, z, reduction, target_rows)
         else:
-            loss_rows, lse, denom, hits = o.cross_entropy(rows, t, w, ignore, eps, z)
+            loss_rows, lse, denom, hits, _ = o.cross_entropy(rows, t, w, ignore, eps, z)
             scale = 1.0 / denom if reduction == "mean" else torch.ones_like(denom)
             grad_rows = o.cross_entropy_backward(scale.expand(loss_rows.shape), rows, t, w,
                                                  lse, ignore, eps, z)

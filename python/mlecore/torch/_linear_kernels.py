@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import _linear_chunks
 from . import _reference as R
 from ._functional import _prob_hits
-from ._rust import _rows, _target, _weight, as_numpy
+from ._rust import as_numpy, dense, target_of, weight_of
 
 _EMPTY = (0,)
 
@@ -50,11 +50,12 @@ def _out(grads, x, lw, bias):
 def rust(x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk, reduction,
          needs, stats, row_scale=None):
     cdt = R.compute_dtype(x.dtype)
-    xc = _rows(x.to(cdt))
-    wc = _rows(lw.to(cdt))
-    bc = None if bias is None else as_numpy(_rows(bias.to(cdt)))
-    p = _linear_chunks.Linear(as_numpy(xc), as_numpy(wc), bc, _target(target, xc),
-                       _weight(weight, xc), ignore_index,
+    xc = dense(x.to(cdt))
+    wc = dense(lw.to(cdt))
+    bc = None if bias is None else as_numpy(dense(bias.to(cdt)))
+    w = None if weight is None else as_numpy(weight_of(weight, xc))
+    p = _linear_chunks.Linear(as_numpy(xc), as_numpy(wc), bc, as_numpy(target_of(target, xc)),
+                       w, ignore_index,
                        eps, softcap, z, reduction, chunk, not target.is_floating_point(),
                        tuple(target.shape), (x.shape[0],), None)
     grads = _grads_like(x, lw, needs, cdt)

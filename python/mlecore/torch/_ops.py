@@ -71,10 +71,7 @@ def _define(prefix: str, rust: bool) -> OpSet:
 
     def lse_backward(ctx, grad):
         x, out = ctx.saved_tensors
-        if torch.is_grad_enabled():  # a higher derivative: stay differentiable
-            p = R.softmax_scale(x.to(R.compute_dtype(x.dtype)), out.to(R.compute_dtype(x.dtype)))
-            return (grad.unsqueeze(-1) * p).to(x.dtype)
-        return logsumexp_backward(grad, x, out)
+        return lse_grad(grad, x, out, logsumexp_backward)
 
     logsumexp.register_autograd(lse_backward, setup_context=lse_setup)
 
@@ -100,9 +97,7 @@ def _define(prefix: str, rust: bool) -> OpSet:
 
     def ls_backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return _log_softmax_grad(grad, out)
-        return log_softmax_backward(grad, out)
+        return log_softmax_grad(grad, out, log_softmax_backward)
 
     log_softmax.register_autograd(ls_backward, setup_context=ls_setup)
 
@@ -126,9 +121,7 @@ def _define(prefix: str, rust: bool) -> OpSet:
 
     def sm_backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return R.softmax_grad(grad, out)
-        return softmax_backward(grad, out)
+        return softmax_grad(grad, out, softmax_backward)
 
     softmax.register_autograd(sm_backward, setup_context=ls_setup)
 
@@ -136,22 +129,22 @@ def _define(prefix: str, rust: bool) -> OpSet:
     @torch.library.custom_op(ns + "cross_entropy", mutates_args=())
     def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
                       label_smoothing: float,
-                      lse_square_scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      lse_square_scale: float
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(per-row losses in float64, per-row log-sum-exp, the mean's denominator, per-row
-        hits: whether the row's class holds its maximum)."""
+        hits: whether the row's class holds its maximum, the losses' float64 sum)."""
         _check_labels(target, input.shape[-1], ignore_index)
-        t = target if target.is_floating_point() else target.reshape(-1)
-        return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing,
-                                    lse_square_scale)
+        return _with_total(*R.cross_entropy_rows(input, _flat(target), weight, ignore_index,
+                                                 label_smoothing, lse_square_scale))
 
     @torch.library.custom_op(ns + "cross_entropy_backward", mutates_args=())
     def cross_entropy_backward(grad_rows: Tensor, input: Tensor, target: Tensor,
                                weight: Tensor | None, lse: Tensor, ignore_index: int,
                                label_smoothing: float, lse_square_scale: float) -> Tensor:
         _check_labels(target, input.shape[-1], ignore_index)
-        t = target if target.is_floating_point() else target.reshape(-1)
-        return R.cross_entropy_backward(grad_rows, input, t, weight, lse, ignore_index,
-                                        label_smoothing, lse_square_scale).contiguous()
+        return R.cross_entropy_backward(grad_rows, input, _flat(target), weight, lse,
+                                        ignore_index, label_smoothing,
+                                        lse_square_scale).contiguous()
 
     @cross_entropy.register_fake
     def _(input, target, weight, ignore_index, label_smoothing, lse_square_scale):
@@ -159,7 +152,8 @@ def _define(prefix: str, rust: bool) -> OpSet:
         return (input.new_empty(rows, dtype=torch.float64),
                 input.new_empty(rows, dtype=R.compute_dtype(input.dtype)),
                 input.new_empty((), dtype=torch.float64),
-                input.new_empty(rows, dtype=torch.uint8))
+                input.new_empty(rows, dtype=torch.uint8),
+                input.new_empty((), dtype=torch.float64))
 
     @cross_entropy_backward.register_fake
     def _(grad_rows, input, target, weight, lse, ignore_index, label_smoothing,
@@ -168,25 +162,20 @@ def _define(prefix: str, rust: bool) -> OpSet:
 
     def ce_setup(ctx, inputs, output):
         input, target, weight, ignore_index, eps, z = inputs
-        _, lse, denom, hits = output
+        _, lse, denom, hits, _ = output
         ctx.mark_non_differentiable(lse, denom, hits)
         ctx.save_for_backward(input, target, weight, lse)
         ctx.options = (ignore_index, eps, z)
 
-    def ce_backward(ctx, grad_rows, _grad_lse, _grad_denom, _grad_hits):
+    def ce_backward(ctx, grad_rows, _grad_lse, _grad_denom, _grad_hits, grad_total):
         x, target, weight, lse = ctx.saved_tensors
-        ignore_index, eps, z = ctx.options
-        t = target if target.is_floating_point() else target.reshape(-1)
-        if torch.is_grad_enabled():
-            # A higher derivative: the log-sum-exp must depend on x in the graph.
-            lse = R.logsumexp_rows(x.to(R.compute_dtype(x.dtype)))
-            gx = R.cross_entropy_backward(grad_rows, x, t, weight, lse, ignore_index, eps, z)
-        else:
-            gx = cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index, eps, z)
-        gt = None
-        if target.is_floating_point() and ctx.needs_input_grad[1]:
-            gt = R.cross_entropy_target_grad(grad_rows, x, target, weight, lse, eps)
-        return gx, gt, None, None, None, None
+        # The loss of a reduction is the total's; of "none", the rows'.
+        if grad_rows is None:
+            grad_rows = grad_total.expand(x.shape[0])
+        elif grad_total is not None:
+            grad_rows = grad_rows + grad_total
+        return ce_grads(ctx, grad_rows, x, target, weight, lse, *ctx.options,
+                        cross_entropy_backward)
 
     cross_entropy.register_autograd(ce_backward, setup_context=ce_setup)
 
@@ -202,16 +191,74 @@ def _define(prefix: str, rust: bool) -> OpSet:
                  softmax_backward, cross_entropy, cross_entropy_backward)
 
 
+def _flat(target: Tensor) -> Tensor:
+    """Class indices as one per row; probabilities as they are."""
+    return target if target.is_floating_point() else target.reshape(-1)
+
+
+def _with_total(loss, lse, denom, hits):
+    return loss, lse, denom, hits, loss.sum()
+
+
+def ce_grads(ctx, grad_rows, x, target, weight, lse, ignore_index, eps, z, kernel):
+    """The gradients of a cross-entropy call to its logits and (probability) target, given
+    the per-row gradients `grad_rows`: `kernel` (an operator or a function of its signature)
+    computes the logits' own, unless a higher derivative is wanted (grad mode on inside the
+    backward), which needs the formula in differentiable torch operations."""
+    t = _flat(target)
+    if torch.is_grad_enabled():
+        # A higher derivative: the log-sum-exp must depend on x in the graph.
+        lse = R.logsumexp_rows(x.to(R.compute_dtype(x.dtype)))
+        gx = R.cross_entropy_backward(grad_rows, x, t, weight, lse, ignore_index, eps, z)
+    else:
+        gx = kernel(grad_rows, x, target, weight, lse, ignore_index, eps, z)
+    gt = None
+    if target.is_floating_point() and ctx.needs_input_grad[1]:
+        gt = R.cross_entropy_target_grad(grad_rows, x, target, weight, lse, eps)
+    return gx, gt, None, None, None, None
+
+
+# The backward formulas, shared by the operators' autograd and the eager path's Functions
+# (`_eager.py`), so both compute the same numbers. Each takes the backward `kernel` to run
+# when no higher derivative is wanted (an operator, or the CPU function behind it); with
+# grad mode on inside the backward, it stays in differentiable torch operations.
+
+def lse_grad(grad: Tensor, x: Tensor, out: Tensor, kernel) -> Tensor:
+    """d logsumexp(x) / dx · grad = grad·softmax(x), rows of (R, C)."""
+    if torch.is_grad_enabled():  # a higher derivative: stay differentiable
+        p = R.softmax_scale(x.to(R.compute_dtype(x.dtype)), out.to(R.compute_dtype(x.dtype)))
+        return (grad.unsqueeze(-1) * p).to(x.dtype)
+    return kernel(grad, x, out)
+
+
+def log_softmax_grad(grad: Tensor, out: Tensor, kernel) -> Tensor:
+    """grad − exp(out)·Σ grad over each row, from the log-softmax `out`."""
+    if torch.is_grad_enabled():
+        return _log_softmax_grad(grad, out)
+    return kernel(grad, out)
+
+
+def softmax_grad(grad: Tensor, out: Tensor, kernel) -> Tensor:
+    """out·(grad − Σ grad·out) over each row, from the softmax `out`."""
+    if torch.is_grad_enabled():
+        return R.softmax_grad(grad, out)
+    return kernel(grad, out)
+
+
 def _log_softmax_grad(grad: Tensor, out: Tensor) -> Tensor:
+    if out.dtype in (torch.float32, torch.float64) and grad.dtype == out.dtype:
+        # torch's own fused kernel (one pass; differentiable, for double backward).
+        return torch._log_softmax_backward_data(grad, out, -1, out.dtype)
     return grad - torch.exp(out) * grad.sum(-1, keepdim=True)
 
 
 @torch.library.custom_op("mlecore::check_targets", mutates_args=())
 def check_targets(target: Tensor, classes: int, ignore_index: int) -> Tensor:
-    """Class indices as int64 with ignored ones set to 0, after the range check: inside an
+    """Class indices as int64 (ignored ones as they are), after the range check: inside an
     operator, so the check is no Python branch on tensor data under torch.compile."""
-    y, valid = R.check_targets(target, classes, ignore_index)
-    return torch.where(valid, y, 0).contiguous()
+    y = R.check_targets(target, classes, ignore_index)[0]
+    # An operator's output never aliases its input (int64 labels come back as they are).
+    return y.clone(memory_format=torch.contiguous_format) if y is target else y.contiguous()
 
 
 @check_targets.register_fake
@@ -228,9 +275,8 @@ def _checked_rows(input, target, weight, ignore_index, label_smoothing, lse_squa
     # bad label itself.
     if not torch._C._functorch.is_batchedtensor(target):
         _check_labels(target, input.shape[-1], ignore_index)
-    t = target if target.is_floating_point() else target.reshape(-1)
-    return R.cross_entropy_rows(input, t, weight, ignore_index, label_smoothing,
-                                lse_square_scale)
+    return _with_total(*R.cross_entropy_rows(input, _flat(target), weight, ignore_index,
+                                             label_smoothing, lse_square_scale))
 
 
 #: The same operations as plain differentiable torch functions, for forward-mode AD and the

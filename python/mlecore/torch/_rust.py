@@ -1,7 +1,10 @@
-"""CPU kernels of the operators: the Rust kernels on the tensors' own memory.
+"""The Rust kernels on CPU tensors' own memory: the CPU kernels of the operators, and what the
+eager path (`_eager.py`) calls without the dispatcher.
 
-Contiguous CPU tensors are handed over as numpy views (no copy; bfloat16 as its uint16 bits);
-outputs are allocated by torch and written by Rust in place.
+A tensor crosses as its memory, ``(data_ptr, numel, dtype code)`` (`mem`), which the
+extension reads in place (`rust/python/mem.rs`); no numpy view is built. Every tensor handed
+over must be contiguous and stay referenced by a local name until the call returns: a
+temporary's memory could be freed under the kernel.
 """
 
 from __future__ import annotations
@@ -10,15 +13,26 @@ import numpy as np
 import torch
 
 from .. import _mlecore as _ext
-from .._kernels import CeRows
+from .._kernels import reworded
 from ._buffers import POOL
 from ._reference import compute_dtype
 
-#: numpy's name for each dtype the kernels read or write (bfloat16 as its uint16 bits).
+#: The extension's code for each dtype (rust/python/mem.rs, `Dtype`).
+CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3,
+         torch.int64: 4, torch.int32: 5, torch.int16: 6, torch.int8: 7, torch.uint64: 8,
+         torch.uint32: 9, torch.uint16: 10, torch.uint8: 11}
+
+#: numpy's name for each dtype (bfloat16 as its uint16 bits), for the numpy views that the
+#: fused linear loss hands to BLAS.
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
           torch.bfloat16: np.uint16, torch.int64: np.int64, torch.int32: np.int32,
           torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
           torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64}
+
+
+def mem(t: torch.Tensor) -> tuple[int, int, int]:
+    """A contiguous CPU tensor's memory as the extension takes it (the caller keeps `t`)."""
+    return (t.data_ptr(), t.numel(), CODES[t.dtype])
 
 
 class _Memory:
@@ -46,57 +60,87 @@ def as_numpy(t: torch.Tensor) -> np.ndarray:
     return np.asarray(_Memory(t))
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().contiguous()
+def dense(x: torch.Tensor) -> torch.Tensor:
+    """`x`'s values in contiguous memory: `x` itself when it is contiguous (the kernels read
+    its memory and build no graph), else a copy without autograd."""
+    return x if x.is_contiguous() else x.detach().contiguous()
 
 
-def _weight(weight, x):
-    return None if weight is None else as_numpy(_rows(weight.to(compute_dtype(x.dtype))))
+def weight_of(weight, x):
+    """Class weights as the kernels read them: contiguous, of the compute dtype."""
+    if weight is None:
+        return None
+    cdt = compute_dtype(x.dtype)
+    return dense(weight if weight.dtype == cdt else weight.detach().to(cdt))
 
 
-def _target(target, x):
+def target_of(target, x):
+    """Class indices flattened, or probabilities of the logits' dtype; contiguous."""
     if target.is_floating_point():
-        return as_numpy(_rows(target.to(x.dtype)))
-    return as_numpy(target.detach().reshape(-1).contiguous())
+        return dense(target if target.dtype == x.dtype else target.detach().to(x.dtype))
+    return dense(target if target.ndim == 1 else target.reshape(-1))
 
 
-def _problem(x, target, weight, ignore_index: int, eps: float, z: float) -> CeRows:
-    """The kernels' row form of a CPU call: numpy views of contiguous tensors."""
-    return CeRows(as_numpy(x), _target(target, x), _weight(weight, x), ignore_index, eps, z,
-                  tuple(target.shape), x.shape[-1])
+def problem(x, t, w, ignore_index: int, eps: float, z: float) -> tuple:
+    """The kernels' description of a call (`rust/python/calls.rs`, `Problem`) from
+    contiguous tensors that the caller keeps: logits `x`, `target_of` and `weight_of`."""
+    return (mem(x), x.shape, mem(t), None if w is None else mem(w), ignore_index, eps, z)
+
+
+def forward(x, t, w, ignore_index, eps, z, loss=None, lse=None, hits=None, shape=None):
+    """(Σ loss, mean denominator) of contiguous operands, per-row results into the given
+    tensors; a bad label is reported at its place in a target of `shape`."""
+    call = (mem(x), x.shape, mem(t), None if w is None else mem(w), ignore_index, eps, z)
+    try:
+        return _ext.cross_entropy_rows(call, None if loss is None else mem(loss),
+                                       None if lse is None else mem(lse),
+                                       None if hits is None else mem(hits))
+    except IndexError as e:
+        raise reworded(e, t.shape if shape is None else shape, x.shape[-1],
+                       ignore_index) from None
+
+
+def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
+    """The gradient of contiguous operands from saved log-sum-exps `lse`, row r scaled by
+    `scale_rows[r]` (float64) or all by the number `scale`: a new tensor (pooled)."""
+    g = POOL.empty(x.shape, x.dtype)
+    _ext.cross_entropy_backward_rows(problem(x, t, w, ignore_index, eps, z), mem(lse), scale,
+                                     None if scale_rows is None else mem(scale_rows), mem(g))
+    return g
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
-    x = _rows(x)
+    x = dense(x)
     out = torch.empty(x.shape[:-1], dtype=x.dtype)
-    _ext.logsumexp_rows(as_numpy(x), as_numpy(out))
+    _ext.logsumexp_rows(mem(x), x.shape[-1], mem(out))
+    return out
+
+
+def _softmax(x: torch.Tensor, log: bool) -> torch.Tensor:
+    x = dense(x)
+    out = POOL.empty(x.shape, x.dtype)
+    _ext.softmax_rows(mem(x), x.shape[-1], mem(out), log)
     return out
 
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
-    x = _rows(x)
-    out = POOL.empty(x.shape, x.dtype)
-    _ext.softmax_rows(as_numpy(x), as_numpy(out), True)
-    return out
+    return _softmax(x, True)
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    x = _rows(x)
-    out = POOL.empty(x.shape, x.dtype)
-    _ext.softmax_rows(as_numpy(x), as_numpy(out), False)
-    return out
+    return _softmax(x, False)
 
 
 def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """grad·softmax(x), 0 on rows of all −inf: the softmax written once by Rust, scaled in place."""
-    x = _rows(x)
-    g = POOL.empty(x.shape, x.dtype)
-    _ext.softmax_rows(as_numpy(x), as_numpy(g), False)
+    g = _softmax(x, False)
     g.mul_(grad.to(x.dtype).unsqueeze(-1))
-    return g.masked_fill_((lse == -torch.inf).unsqueeze(-1), 0.0)
+    empty = lse == -torch.inf
+    return g.masked_fill_(empty.unsqueeze(-1), 0.0) if empty.any() else g
 
 
-def _row_outputs(x: torch.Tensor):
+def row_outputs(x: torch.Tensor):
+    """Fresh per-row results: losses (float64), log-sum-exps (compute dtype), hits (uint8)."""
     rows = x.shape[0]
     return (torch.empty(rows, dtype=torch.float64),
             torch.empty(rows, dtype=compute_dtype(x.dtype)),
@@ -104,21 +148,19 @@ def _row_outputs(x: torch.Tensor):
 
 
 def cross_entropy(x, target, weight, ignore_index: int, eps: float, z: float):
-    x = _rows(x)
-    loss, lse, hits = _row_outputs(x)
-    total, denom = _problem(x, target, weight, ignore_index, eps, z).forward(
-        as_numpy(loss), as_numpy(lse), as_numpy(hits))
-    return loss, lse, torch.tensor(denom, dtype=torch.float64), hits
+    x, t, w = dense(x), target_of(target, x), weight_of(weight, x)
+    loss, lse, hits = row_outputs(x)
+    total, denom = forward(x, t, w, ignore_index, eps, z, loss, lse, hits, target.shape)
+    return (loss, lse, torch.tensor(denom, dtype=torch.float64), hits,
+            torch.tensor(total, dtype=torch.float64))
 
 
 def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int, eps: float,
                            z: float):
-    x = _rows(x)
-    g = POOL.empty(x.shape, x.dtype)
-    scale = as_numpy(grad_rows.detach().to(torch.float64).contiguous())
-    _problem(x, target, weight, ignore_index, eps, z).backward(
-        as_numpy(_rows(lse.to(compute_dtype(x.dtype)))), scale, as_numpy(g))
-    return g
+    x, t, w = dense(x), target_of(target, x), weight_of(weight, x)
+    scale = dense(grad_rows.to(torch.float64))
+    lse = dense(lse.to(compute_dtype(x.dtype)))
+    return backward(x, t, w, ignore_index, eps, z, lse, 1.0, scale)
 
 
 def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, z: float,
@@ -126,10 +168,14 @@ def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, z:
     """The fused pass: (loss rows, lse, denominator, hits, gradient), the gradient scaled as
     the reduction `scale` ("mean", "sum", "none") or by the number `scale`. `out` may be `x`
     itself."""
-    loss, lse, hits = _row_outputs(x)
+    t, w = target_of(target, x), weight_of(weight, x)
+    loss, lse, hits = row_outputs(x)
     inplace = out is not None and out.data_ptr() == x.data_ptr()
     grad = out if out is not None else torch.empty_like(x)
-    total, denom = _problem(x, target, weight, ignore_index, eps, z).fused(
-        scale, None if inplace else as_numpy(grad), as_numpy(loss), as_numpy(lse),
-        as_numpy(hits))
+    try:
+        total, denom = _ext.cross_entropy_grad_rows(
+            problem(x, t, w, ignore_index, eps, z), scale, None if inplace else mem(grad),
+            mem(loss), mem(lse), mem(hits))
+    except IndexError as e:
+        raise reworded(e, target.shape, x.shape[-1], ignore_index) from None
     return loss, lse, torch.tensor(denom, dtype=torch.float64), hits, grad
