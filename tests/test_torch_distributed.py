@@ -303,6 +303,14 @@ def _linear_and_dtensor(rank, world, sizes):
     piece = -(-10 // world)
     lo = min(rank * piece, 10)
     torch.testing.assert_close(mine, full.grad[:, lo:lo + mine.shape[1]])
+    # A DTensor target, and one on some ranks only: its gathering is a collective, run only
+    # after the call header has compared that every rank's target is one.
+    dy = distribute_tensor(labels, mesh, [Shard(0)])
+    torch.testing.assert_close(mtd.cross_entropy(dt.detach(), dy, label_smoothing=0.2), want)
+    torch.testing.assert_close(mtd.linear_cross_entropy(x[:7], ws.detach(), dy),
+                               mt.linear_cross_entropy(x[:7], w, labels))
+    with pytest.raises(ValueError, match="disagree on whether the target is a DTensor"):
+        mtd.cross_entropy(dt.detach(), dy if rank == 0 else labels)
 
 
 @pytest.mark.parametrize("sizes", [(11,), (3, 8), (5, 0, 6), (4, 1, 7, 2)])

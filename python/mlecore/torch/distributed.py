@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import operator
 import struct
+import sys
 from typing import NamedTuple
 
 import torch
@@ -89,6 +90,7 @@ _FIELDS = (
     ("the input's features", 1, lambda v: [v], lambda c: c[0]),
     ("chunk_size", 1, lambda v: [0 if v is None else v], lambda c: c[0] or None),
     ("whether the input needs a gradient", 1, lambda v: [int(v)], lambda c: bool(c[0])),
+    ("whether the target is a DTensor", 1, lambda v: [int(v)], lambda c: bool(c[0])),
 )
 #: Columns after the compared fields: this rank's own class count, first class, compute
 #: dtype's item size, and the type of its local error (0: none).
@@ -318,13 +320,22 @@ def _check_gathered(g: Tensor, y: Tensor, ignore: int, classes: int, target_shap
                                 ignore)
 
 
+def _is_dtensor(t) -> bool:
+    tensor = sys.modules.get("torch.distributed.tensor")  # loaded if a DTensor exists
+    return tensor is not None and isinstance(t, tensor.DTensor)
+
+
+def _plain(target):
+    """A DTensor target as a plain tensor: a collective (for a sharded one), so called only
+    after the call header has compared whether every rank's target is one."""
+    return target.full_tensor() if _is_dtensor(target) else target
+
+
 def _dtensor_shard(logits, target):
     """A DTensor sharded over the class dimension of a one-dimensional mesh: its local
-    shard, group, first class, and the target as a plain tensor."""
+    shard, group, first class; the target as given."""
     from torch.distributed.tensor import DTensor, Shard
 
-    if isinstance(target, DTensor):
-        target = target.full_tensor()
     if not isinstance(logits, DTensor):
         return logits, None, None, target
     mesh, placements = logits.device_mesh, logits.placements
@@ -423,8 +434,9 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
         "reduction": reduction, "whether class weights are given": weight is not None,
         "the input's features": 0, "chunk_size": None,
         "whether the input needs a gradient": False,
+        "whether the target is a DTensor": _is_dtensor(target),
     }, size, class_start, R.compute_dtype(x.dtype).itemsize)
-    y = R.wide_labels(target.reshape(-1))
+    y = R.wide_labels(_plain(target).reshape(-1))
     loss_rows, denom = _VocabParallel.apply(_capped(layout.matrix, softcap), y, weight,
                                             agreed.starts[dist.get_rank(group)], ignore, eps,
                                             z, group, sum(agreed.sizes), tuple(target.shape))
@@ -639,7 +651,9 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
         "the input's features": x.shape[-1],
         "chunk_size": None if chunk_size is None else min(chunk_size, 2**62),
         "whether the input needs a gradient": grad,
+        "whether the target is a DTensor": _is_dtensor(target),
     }, size, class_start, R.compute_dtype(x.dtype).itemsize)
+    target = _plain(target)
     start, classes = agreed.starts[dist.get_rank(group)], sum(agreed.sizes)
     if grad:
         x = _SumGradients.apply(x, group)
