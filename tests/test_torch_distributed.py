@@ -423,6 +423,9 @@ def _disagreements(rank, world):
     with pytest.raises(ValueError, match="local_bias must have shape" if other else
                        r"the call failed on rank\(s\) \[1\]"):
         head(local_bias=torch.zeros(c if other else sizes[rank], dtype=torch.float64))
+    with pytest.raises(ValueError, match="local_bias must have shape" if other else
+                       r"the call failed on rank\(s\) \[1\]"):
+        head(local_bias=[0.0] * sizes[rank] if other else None)
     with pytest.raises(TypeError, match="local_logits has dtype" if other else
                        r"the call failed on rank\(s\) \[1\]"):
         mtd.cross_entropy(x[:, mine].to(torch.int64) if other else x[:, mine], y)

@@ -47,7 +47,7 @@ _WSUM = 0
 #: The functions, as the call header names them (a rank in the other one disagrees).
 _CALLS = ("cross_entropy", "linear_cross_entropy")
 #: Exception types a rank's local check may raise, as the call header carries them: the
-#: other ranks raise the same type.
+#: other ranks raise the same type (a ValueError for any other).
 _ERRORS = (ValueError, TypeError, IndexError, RuntimeError)
 #: Dimensions of the target's shape carried whole; more are folded into the last one.
 _DIMS = 8
@@ -424,7 +424,7 @@ def cross_entropy(local_logits: Tensor, target: Tensor, *, group=None,
         size = layout.matrix.shape[1]
         _check_class_weight(weight, size)
         class_start = _check_class_start(class_start)
-    except _ERRORS as e:
+    except Exception as e:  # any type: a peer left in the header would wait for good
         _agree("cross_entropy", group, device, None, error=e)
         raise
     agreed = _agree("cross_entropy", group, device, {
@@ -631,14 +631,15 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
                              f"of the input's features per class, got "
                              f"{tuple(getattr(local_weight, 'shape', ()))}")
         size = local_weight.shape[0]
-        if local_bias is not None and tuple(local_bias.shape) != (size,):
+        if local_bias is not None and (not isinstance(local_bias, Tensor)
+                                       or tuple(local_bias.shape) != (size,)):
             raise ValueError(f"local_bias must have shape ({size},), got "
-                             f"{tuple(local_bias.shape)}")
+                             f"{getattr(local_bias, 'shape', type(local_bias).__name__)}")
         _check_class_weight(weight, size)
         _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
         chunk_size = _spec.check_chunk_size(chunk_size)
         class_start = _check_class_start(class_start)
-    except _ERRORS as e:
+    except Exception as e:  # any type: a peer left in the header would wait for good
         _agree(fn, group, device, None, error=e)
         raise
     # Whether the backward pass runs _SumGradients' all_reduce: the same on every rank.
