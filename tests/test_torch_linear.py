@@ -2,6 +2,10 @@
 composition F.linear + F.cross_entropy: values, gradients, shapes, options, autograd,
 torch.compile, memory, and bad input."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -309,3 +313,40 @@ def test_torch_func_transforms_take_the_reference_path():
 
     torch.testing.assert_close(torch.func.grad(f)(w), torch.func.grad(g)(w))
     torch.testing.assert_close(torch.func.hessian(f)(w), torch.func.hessian(g)(w))
+
+
+_FORK_DURING_THE_LINEAR_LOSS = """
+import os, threading, time, torch
+import mlecore.torch as mt
+x = torch.randn(512, 256, requires_grad=True)
+w = torch.randn(1000, 256, requires_grad=True)
+y = torch.randint(0, 1000, (512,))
+stop = threading.Event()
+def train():
+    while not stop.is_set():
+        mt.linear_cross_entropy(x, w, y, chunk_size=128).backward()
+worker = threading.Thread(target=train, daemon=True)
+worker.start()
+for _ in range(6):
+    time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+stop.set()
+worker.join()
+print("forked")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_fork_while_another_thread_runs_the_linear_loss_does_not_hang():
+    """The products run on torch's own BLAS, not numpy's OpenBLAS, whose fork handler
+    deadlocked a fork while another thread was inside it (issue 23, item 2). In a process
+    of its own, so that a hang is a failure, not a hung suite."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _FORK_DURING_THE_LINEAR_LOSS],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("fork() hung while another thread ran mt.linear_cross_entropy")
+    assert done.returncode == 0 and "forked" in done.stdout, done.stderr

@@ -3,8 +3,9 @@ x·wᵀ + b without holding the (N, C) logits. Rows go in chunks: a chunk's logi
 call), the Rust fused loss and gradient over them in place, then the chunk's share of dx
 (g·w) and dw (gᵀ·x, added into dw by BLAS with beta = 1, so no temporary of dw's size).
 
-Both front-ends run it: `mlecore.linear_cross_entropy` on arrays, and
-`mlecore.torch.linear_cross_entropy` on numpy views of CPU tensors.
+`mlecore.linear_cross_entropy` runs it on arrays; `mlecore.torch.linear_cross_entropy` runs
+the same loop in torch's operations (`torch/_linear_kernels.py`), so that a torch user's
+products go through torch's BLAS and thread pool.
 """
 
 from __future__ import annotations

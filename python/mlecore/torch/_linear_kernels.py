@@ -1,10 +1,13 @@
-"""The two implementations of the fused linear cross-entropy operators on (N, D) inputs.
+"""The fused linear cross-entropy operators' one chunk loop on (N, D) inputs, in torch's
+operations, with the row kernel of each chunk as a parameter.
 
-`rust`: CPU tensors of float32 and float64 go to `mlecore._linear_chunks.run` on numpy views of
-their memory (numpy's BLAS for the products: 1.25× faster than torch's CPU matmul on the GPT-2 head
-here, and the Rust kernel over each chunk); float16 and bfloat16 are computed in float32
-copies, the weight gradient accumulated in float32. `torch`: the same chunk loop in torch's
-operations, for CUDA and every other device (and `backend="torch"`).
+`rust`: on CPU tensors the chunk's logits and the products dx = g·w, dw += gᵀ·x come from
+torch (its BLAS and its thread pool: a torch user never runs numpy's OpenBLAS through
+mlecore, whose threads would spin against torch's and whose fork handler can deadlock), and
+the Rust fused kernel computes the loss and the logits' gradient over each chunk in place;
+float16 and bfloat16 are computed in float32 copies, the weight gradient accumulated in
+float32. `torch`: the same loop with torch's operations as the row kernel too, for CUDA and
+every other device (and `backend="torch"`).
 
 Both return (loss, lse, denom, hits, dx, dw, db): the loss reduced as `reduction` asks (per
 row for "none") in float64, and the gradients that `needs` asks for (empty tensors for the
@@ -16,10 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _linear_chunks
+from .. import _mlecore as _ext
+from .._kernels import reworded
 from . import _reference as R
+from . import _rust
 from ._functional import _prob_hits
-from ._rust import as_numpy, dense, target_of, weight_of
 
 _EMPTY = (0,)
 
@@ -47,29 +51,6 @@ def _out(grads, x, lw, bias):
                  for g, t in zip(grads, like, strict=True))
 
 
-def rust(x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk, reduction,
-         needs, stats, row_scale=None):
-    cdt = R.compute_dtype(x.dtype)
-    xc = dense(x.to(cdt))
-    wc = dense(lw.to(cdt))
-    bc = None if bias is None else as_numpy(dense(bias.to(cdt)))
-    w = None if weight is None else as_numpy(weight_of(weight, xc))
-    p = _linear_chunks.Linear(as_numpy(xc), as_numpy(wc), bc, as_numpy(target_of(target, xc)),
-                       w, ignore_index,
-                       eps, softcap, z, reduction, chunk, not target.is_floating_point(),
-                       tuple(target.shape), (x.shape[0],), None)
-    grads = _grads_like(x, lw, needs, cdt)
-    views = _linear_chunks.Grads(*(None if g is None else as_numpy(g) for g in grads))
-    if row_scale is not None:
-        views.row_scale = as_numpy(row_scale.detach().to(torch.float64).contiguous())
-    r = _linear_chunks.run(p, stats, views)
-    hits = torch.from_numpy(r.hits.astype("uint8")) if stats else x.new_empty(
-        _EMPTY, dtype=torch.uint8)
-    loss = _reduced(torch.from_numpy(r.loss), r.total, r.denom, reduction)
-    return (loss, torch.from_numpy(r.lse), torch.tensor(r.denom, dtype=torch.float64), hits,
-            *_out(grads, x, lw, bias))
-
-
 def _denominator(t: Tensor, classes: int, weight, ignore_index: int, dtype) -> Tensor:
     if t.is_floating_point():
         return torch.tensor(float(t.shape[0]), dtype=torch.float64, device=t.device)
@@ -80,17 +61,64 @@ def _denominator(t: Tensor, classes: int, weight, ignore_index: int, dtype) -> T
     return torch.where(valid, wy, torch.zeros_like(wy)).sum()
 
 
-def torch_ops(x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk, reduction,
-              needs, stats, row_scale=None):
+class _TorchRows:
+    """A chunk's rows in torch's operations: on every device."""
+
+    @staticmethod
+    def denominator(t, classes, weight, ignore_index, dtype) -> Tensor:
+        return _denominator(t, classes, weight, ignore_index, dtype)
+
+    @staticmethod
+    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse):
+        """Loss and log-sum-exp of each row into `loss`, `lse`; the hits; and with `scale`
+        (float64 per row) the rows' gradient."""
+        loss[:], lse[:], _, hits = R.cross_entropy_rows(rows, t, weight, ignore_index, eps, z)
+        if scale is None:
+            return hits, None
+        return hits, R.cross_entropy_backward(scale, rows, t, weight, lse, ignore_index, eps,
+                                              z)
+
+
+class _RustRows:
+    """A chunk's rows in the Rust kernels (CPU), the gradient written over the logits."""
+
+    @staticmethod
+    def denominator(t, classes, weight, ignore_index, dtype) -> Tensor:
+        if t.is_floating_point():
+            return torch.tensor(float(t.shape[0]), dtype=torch.float64)
+        labels = _rust.dense(t)
+        w = None if weight is None else _rust.dense(weight.to(torch.float64))
+        try:
+            denom = _ext.check_labels(_rust.mem(labels), classes, ignore_index,
+                                      None if w is None else _rust.mem(w))
+        except IndexError as e:
+            raise reworded(e, t.shape, classes, ignore_index) from None
+        return torch.tensor(denom, dtype=torch.float64)
+
+    @staticmethod
+    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse):
+        hits = torch.empty(rows.shape[0], dtype=torch.uint8)
+        if scale is None:
+            _rust.forward(rows, t, weight, ignore_index, eps, z, loss, lse, hits)
+            return hits, None
+        # The gradient of the sum over the logits in place; the per-row factors after.
+        _rust.fused(rows, t, weight, ignore_index, eps, z, 1.0, rows, loss, lse, hits)
+        return hits, rows.mul_(scale.to(rows.dtype).unsqueeze(-1))
+
+
+def run(kernel, x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk, reduction,
+        needs, stats, row_scale=None):
+    """The chunk loop: each chunk's logits, `kernel`'s loss and gradient over its rows, then
+    the chunk's share of dx = g·w, dw += gᵀ·x and db += Σ g."""
     cdt = R.compute_dtype(x.dtype)
     n = x.shape[0]
     c = lw.shape[0]
-    xc, wc = x.detach().to(cdt), lw.detach().to(cdt)
+    xc, wc = _rust.dense(x.detach().to(cdt)), _rust.dense(lw.detach().to(cdt))
     bc = None if bias is None else bias.detach().to(cdt)
     t = target.detach()
-    t = t.to(cdt) if t.is_floating_point() else t.reshape(-1)
-    wt = None if weight is None else weight.to(cdt)
-    denom = _denominator(t, c, wt, ignore_index, cdt)
+    t = _rust.dense(t.to(cdt) if t.is_floating_point() else t.reshape(-1))
+    wt = None if weight is None else _rust.dense(weight.detach().to(cdt))
+    denom = kernel.denominator(t, c, wt, ignore_index, cdt)
     if row_scale is None:
         factor = torch.where(denom == 0, 0.0, 1.0 / denom) if reduction == "mean" else \
             torch.ones_like(denom)
@@ -101,27 +129,45 @@ def torch_ops(x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk,
     loss = torch.empty(n, dtype=torch.float64, device=x.device)
     lse = torch.empty(n, dtype=cdt, device=x.device)
     hits = torch.empty(n if stats else 0, dtype=torch.uint8, device=x.device)
+    # One chunk's logits at a time, in one reused buffer (the Rust kernel writes their
+    # gradient over them).
+    zbuf = torch.empty(min(max(1, chunk), max(n, 1)), c, dtype=cdt, device=x.device)
     for i in range(0, n, max(1, chunk)):
         j = min(n, i + chunk)
-        logits = xc[i:j] @ wc.T
-        if bc is not None:
-            logits = logits + bc
+        logits = zbuf[: j - i]
+        if bc is None:
+            torch.mm(xc[i:j], wc.T, out=logits)
+        else:
+            torch.addmm(bc, xc[i:j], wc.T, out=logits)
+        if stats and t.is_floating_point():
+            hits[i:j] = _prob_hits(logits, t[i:j])
         rows = logits if softcap is None else softcap * torch.tanh(logits / softcap)
-        loss[i:j], lse[i:j], _, h = R.cross_entropy_rows(rows, t[i:j], wt, ignore_index,
-                                                          eps, z)
-        if stats:
-            hits[i:j] = _prob_hits(logits, t[i:j]) if t.is_floating_point() else h
-        if not any(needs):
+        scale = chain = None
+        if any(needs):
+            scale = row_scale[i:j] if row_scale is not None else factor.expand(j - i)
+            if softcap is not None:  # d(c·tanh(z/c))/dz, before a kernel overwrites rows
+                chain = 1 - (rows / softcap) ** 2
+        h, g = kernel.rows(rows, t[i:j], wt, ignore_index, eps, z, scale, loss[i:j],
+                           lse[i:j])
+        if stats and not t.is_floating_point():
+            hits[i:j] = h
+        if g is None:
             continue
-        scale = row_scale[i:j] if row_scale is not None else factor.expand(j - i)
-        g = R.cross_entropy_backward(scale, rows, t[i:j], wt, lse[i:j], ignore_index, eps, z)
-        if softcap is not None:
-            g = g * (1 - (rows / softcap) ** 2)
+        if chain is not None:
+            g = g.mul_(chain)
         if grads[0] is not None:
-            grads[0][i:j] = g @ wc
+            torch.mm(g, wc, out=grads[0][i:j])
         if grads[1] is not None:
             grads[1].addmm_(g.T, xc[i:j])
         if grads[2] is not None:
             grads[2] += g.sum(0, dtype=torch.float64)
     return (_reduced(loss, loss.sum(), denom, reduction), lse, denom, hits,
             *_out(grads, x, lw, bias))
+
+
+def rust(*args, **kwargs):
+    return run(_RustRows, *args, **kwargs)
+
+
+def torch_ops(*args, **kwargs):
+    return run(_TorchRows, *args, **kwargs)

@@ -163,6 +163,20 @@ def cross_entropy_backward(grad_rows, x, target, weight, lse, ignore_index: int,
     return backward(x, t, w, ignore_index, eps, z, lse, 1.0, scale)
 
 
+def fused(x, t, w, ignore_index, eps, z, scale, grad, loss, lse, hits, shape=None):
+    """The fused pass over contiguous operands: (Σ loss, mean denominator), per-row results
+    into `loss`, `lse`, `hits`, and the gradient, scaled as the reduction `scale` ("mean",
+    "sum", "none") or by the number `scale`, into `grad` (which may be `x` itself)."""
+    inplace = grad.data_ptr() == x.data_ptr()
+    try:
+        return _ext.cross_entropy_grad_rows(
+            problem(x, t, w, ignore_index, eps, z), scale, None if inplace else mem(grad),
+            mem(loss), mem(lse), None if hits is None else mem(hits))
+    except IndexError as e:
+        raise reworded(e, t.shape if shape is None else shape, x.shape[-1],
+                       ignore_index) from None
+
+
 def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, z: float,
                             scale, out: torch.Tensor | None):
     """The fused pass: (loss rows, lse, denominator, hits, gradient), the gradient scaled as
@@ -170,12 +184,6 @@ def cross_entropy_with_grad(x, target, weight, ignore_index: int, eps: float, z:
     itself."""
     t, w = target_of(target, x), weight_of(weight, x)
     loss, lse, hits = row_outputs(x)
-    inplace = out is not None and out.data_ptr() == x.data_ptr()
     grad = out if out is not None else torch.empty_like(x)
-    try:
-        total, denom = _ext.cross_entropy_grad_rows(
-            problem(x, t, w, ignore_index, eps, z), scale, None if inplace else mem(grad),
-            mem(loss), mem(lse), mem(hits))
-    except IndexError as e:
-        raise reworded(e, target.shape, x.shape[-1], ignore_index) from None
+    _, denom = fused(x, t, w, ignore_index, eps, z, scale, grad, loss, lse, hits, target.shape)
     return loss, lse, torch.tensor(denom, dtype=torch.float64), hits, grad
