@@ -631,10 +631,11 @@ def linear_cross_entropy(input: Tensor, local_weight: Tensor, target: Tensor, *,
                              f"of the input's features per class, got "
                              f"{tuple(getattr(local_weight, 'shape', ()))}")
         size = local_weight.shape[0]
-        if local_bias is not None and (not isinstance(local_bias, Tensor)
-                                       or tuple(local_bias.shape) != (size,)):
-            raise ValueError(f"local_bias must have shape ({size},), got "
-                             f"{getattr(local_bias, 'shape', type(local_bias).__name__)}")
+        if local_bias is not None:
+            got = (tuple(local_bias.shape) if isinstance(local_bias, Tensor)
+                   else type(local_bias).__name__)
+            if got != (size,):
+                raise ValueError(f"local_bias must have shape ({size},), got {got}")
         _check_class_weight(weight, size)
         _, loss_shape = _spec.class_layout((*x.shape[:-1], size), target.shape, True)
         chunk_size = _spec.check_chunk_size(chunk_size)
