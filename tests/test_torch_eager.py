@@ -141,8 +141,16 @@ def test_the_eager_path_never_calls_the_dispatcher():
         with torch.no_grad():
             mt.cross_entropy(x, y)
     assert _mlecore_ops(eager) == set()
+    class Logged(torch.Tensor):  # a subclass with torch-function rules of its own
+        pass
+    s = torch.randn(8, 5).as_subclass(Logged).requires_grad_()
+    assert "mlecore::cross_entropy" in _mlecore_ops(lambda: mt.cross_entropy(s, y).backward())
+    # A Parameter is a plain tensor to torch (no torch-function rules): the eager path.
     p = torch.nn.Parameter(torch.randn(8, 5))
-    assert "mlecore::cross_entropy" in _mlecore_ops(lambda: mt.cross_entropy(p, y).backward())
+    assert _mlecore_ops(lambda: mt.cross_entropy(p, y).backward()) == set()
+    w = torch.nn.Parameter(torch.randn(5, 4))
+    assert _mlecore_ops(lambda: mt.linear_cross_entropy(torch.randn(8, 4), w, y).backward()
+                        ) == set()
     assert "mlecore::cross_entropy" in _mlecore_ops(
         lambda: mt.cross_entropy(x, y, softcap=5.0).backward())
 
@@ -187,3 +195,44 @@ def test_compiled_and_eager_agree_bit_for_bit():
     le, ge = step(x, y)
     assert torch.equal(lc.detach(), le)
     assert torch.equal(xc.grad, ge)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [dict(), dict(softcap=3.0, label_smoothing=0.1),
+                                     dict(lse_square_scale=1e-3, chunk_size=5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_linear_cross_entropy_is_bit_identical_on_both_paths(reduction, options, dtype,
+                                                              via_operators):
+    gen = torch.Generator().manual_seed(11)
+    state = gen.get_state()
+
+    def inputs():
+        gen.set_state(state)
+        x = torch.randn(13, 6, generator=gen).to(dtype).requires_grad_()
+        w = torch.randn(9, 6, generator=gen).to(dtype).requires_grad_()
+        b = torch.randn(9, generator=gen).to(dtype).requires_grad_()
+        y = torch.randint(0, 9, (13,), generator=gen)
+        y[3] = -100
+        return x, w, b, y
+
+    def fn(x, w, b, y):
+        return mt.linear_cross_entropy(x, w, y, linear_bias=b, reduction=reduction, **options)
+    _check(_both(fn, via_operators, inputs))
+
+
+def test_repeated_linear_backward_passes_give_the_same_gradients():
+    """The first pass hands over the gradients the forward pass computed; a later one
+    (retain_graph) computes them again the same way (issue 23, item 9)."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(10, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 7, (10,), generator=gen)
+    for reduction, scale in (("mean", 1.0), ("sum", 3.0), ("mean", -0.5)):
+        loss = mt.linear_cross_entropy(x, w, y, reduction=reduction, chunk_size=4) * scale
+        first = torch.autograd.grad(loss, (x, w), retain_graph=True)
+        for _ in range(2):
+            again = torch.autograd.grad(loss, (x, w), retain_graph=True)
+            assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert torch.autograd.gradcheck(
+        lambda a, b: mt.linear_cross_entropy(a, b, y, reduction="sum") * 3, (x, w),
+        nondet_tol=0.0)

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 
 from .. import _linear_chunks, _spec
-from . import _ops
+from . import _eager, _ops
 from . import _reference as R
 from ._functional import (
+    _EAGER,
     _check_weight,
     _finish,
     _float_input,
@@ -20,6 +21,7 @@ from ._functional import (
     cross_entropy,
 )
 from ._linear_ops import RUST, TORCH
+from ._linear_ops import eager as _linear_ops_eager
 from ._ops import _transformed, ops
 
 
@@ -150,12 +152,17 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     w = _check_weight(weight, classes, x)
     x2 = x if x.dim() == 2 else x.unsqueeze(0)
     t = target.reshape(-1) if is_index else target.reshape(-1, classes)
-    op = _linear_ops(backend, x)
-    grad = torch.is_grad_enabled() and reduction != "none"
-    needs = (grad and x.requires_grad, grad and lw.requires_grad,
-             grad and linear_bias is not None and linear_bias.requires_grad)
-    loss, lse, denom, hits, *_ = op(x2, lw, t, linear_bias, w, ignore, eps, softcap, z,
-                                    chunk, reduction, *needs, return_stats)
+    out = (_linear_ops_eager(x2, lw, t, linear_bias, w, ignore, eps, softcap, z, chunk,
+                         reduction, return_stats)
+           if backend in _EAGER and _eager.usable(x2) else None)
+    if out is None:
+        op = _linear_ops(backend, x)
+        grad = torch.is_grad_enabled() and reduction != "none"
+        needs = (grad and x.requires_grad, grad and lw.requires_grad,
+                 grad and linear_bias is not None and linear_bias.requires_grad)
+        out = op(x2, lw, t, linear_bias, w, ignore, eps, softcap, z, chunk, reduction,
+                 *needs, return_stats)
+    loss, lse, denom, hits, *_ = out
     loss = (loss.reshape(loss_shape) if reduction == "none" else loss).to(x.dtype)
     return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
                    return_stats)

@@ -83,56 +83,80 @@ def _define(prefix: str, rust: bool) -> LinearOps:
                           (need_input, need_weight, need_bias))
 
     def setup(ctx, inputs, output):
-        (x, lw, target, bias, weight, ignore, eps, softcap, z, chunk, reduction,
-         *_needs, _stats) = inputs
-        _, lse, denom, hits, dx, dw, db = output
-        ctx.mark_non_differentiable(lse, denom, hits, dx, dw, db)
-        ctx.reduction = reduction
-        ctx.options = (ignore, eps, softcap, z, chunk)
-        ctx.has_bias = bias is not None
-        # The inputs are saved by reference (no copy): a recomputing backward reads them.
-        # Eagerly, the precomputed gradients are handed over to the first backward pass,
-        # which scales them in place and gives them away (autograd then keeps them as the
-        # .grad without a copy); a second pass (retain_graph) recomputes. Traced by
-        # torch.compile, state cannot change between passes: they are saved and scaled.
-        ctx.handover = not torch.compiler.is_compiling()
-        ctx.grads = [dx, dw, db] if ctx.handover else None
-        saved = () if ctx.handover else (dx, dw, db)
-        ctx.save_for_backward(x, lw, target, bias, weight, denom, *saved)
+        setup_context(ctx, inputs, output, forward, backward)
 
     def grad_fn(ctx, g, *_):
-        x, lw, target, bias, weight, denom, *saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        wanted = (needs[0], needs[1], needs[3] and ctx.has_bias)
-        if torch.is_grad_enabled():
-            dx, dw, db = _differentiated(reference_loss, g, x, lw, target, bias, weight,
-                                         ctx.reduction, ctx.options, wanted)
-        elif ctx.reduction == "none" or (ctx.handover and ctx.grads is None):
-            rows = g if ctx.reduction == "none" else _row_scale(g, denom, ctx.reduction,
-                                                                x.shape[0])
-            dx, dw, db = backward(rows, x, lw, target, bias, weight, *ctx.options, *wanted)
-        elif ctx.handover:
-            grads, ctx.grads = ctx.grads, None
-            dx, dw, db = (_scaled_in_place(t, g) if w else None
-                          for t, w in zip(grads, wanted, strict=True))
-            del grads
-        else:  # precomputed for an incoming gradient of 1
-            dx, dw, db = (t * g.to(t.dtype) if w else None
-                          for t, w in zip(saved, wanted, strict=True))
-        grads = [t if w else None for t, w in zip((dx, dw, db), wanted, strict=True)]
-        return grads[0], grads[1], None, grads[2], *[None] * 11
+        return gradients(ctx, g)
 
     forward.register_autograd(grad_fn, setup_context=setup)
     if rust:
-        forward.register_kernel("cpu")(
-            lambda x, lw, t, b, w, ig, eps, cap, z, chunk, red, nx, nw, nb, st: K.rust(
-                x, lw, t, b, w, ig, eps, cap, z, chunk, red, (nx, nw, nb and b is not None),
-                st))
-        backward.register_kernel("cpu")(
-            lambda g, x, lw, t, b, w, ig, eps, cap, z, chunk, nx, nw, nb: K.rust(
-                x, lw, t, b, w, ig, eps, cap, z, chunk, "none", (nx, nw, nb and b is not None),
-                False, g)[4:])
+        forward.register_kernel("cpu")(rust_forward)
+        backward.register_kernel("cpu")(rust_backward)
     return LinearOps(forward, backward)
+
+
+def rust_forward(x, lw, t, b, w, ig, eps, cap, z, chunk, red, nx, nw, nb, st):
+    """The forward operator's CPU kernel (and the eager path's forward pass)."""
+    return K.rust(x, lw, t, b, w, ig, eps, cap, z, chunk, red, (nx, nw, nb and b is not None),
+                  st)
+
+
+def rust_backward(g, x, lw, t, b, w, ig, eps, cap, z, chunk, nx, nw, nb):
+    """The backward operator's CPU kernel (and the eager path's recomputing pass)."""
+    return K.rust(x, lw, t, b, w, ig, eps, cap, z, chunk, "none", (nx, nw, nb and b is not None),
+                  False, g)[4:]
+
+
+def setup_context(ctx, inputs, output, forward, backward):
+    """What the backward pass needs, for the operator's autograd and the eager path's
+    Function alike; `forward` and `backward` compute a pass again (operators, or the CPU
+    functions behind them)."""
+    (x, lw, target, bias, weight, ignore, eps, softcap, z, chunk, reduction,
+     *_needs, _stats) = inputs
+    _, lse, denom, hits, dx, dw, db = output
+    ctx.mark_non_differentiable(lse, denom, hits, dx, dw, db)
+    ctx.reduction = reduction
+    ctx.options = (ignore, eps, softcap, z, chunk)
+    ctx.has_bias = bias is not None
+    ctx.passes = (forward, backward)
+    # The inputs are saved by reference (no copy): a recomputing backward reads them.
+    # Eagerly, the precomputed gradients are handed over to the first backward pass, which
+    # scales them in place and gives them away (autograd then keeps them as the .grad
+    # without a copy); a second pass (retain_graph) computes them again exactly as the
+    # forward pass did, then scales them the same way, so every pass gives the same bits.
+    # Traced by torch.compile, state cannot change between passes: they are saved and
+    # scaled.
+    ctx.handover = not torch.compiler.is_compiling()
+    ctx.grads = [dx, dw, db] if ctx.handover else None
+    saved = () if ctx.handover else (dx, dw, db)
+    ctx.save_for_backward(x, lw, target, bias, weight, denom, *saved)
+
+
+def gradients(ctx, g):
+    """The backward pass of `setup_context`'s call: the gradients to (x, lw, target, bias,
+    and the operator's other arguments)."""
+    x, lw, target, bias, weight, denom, *saved = ctx.saved_tensors
+    forward, backward = ctx.passes
+    needs = ctx.needs_input_grad
+    wanted = (needs[0], needs[1], needs[3] and ctx.has_bias)
+    if torch.is_grad_enabled():
+        dx, dw, db = _differentiated(reference_loss, g, x, lw, target, bias, weight,
+                                     ctx.reduction, ctx.options, wanted)
+    elif ctx.reduction == "none":
+        dx, dw, db = backward(g, x, lw, target, bias, weight, *ctx.options, *wanted)
+    elif ctx.handover:
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # a second pass: the forward pass's gradients, computed again
+            grads = forward(x, lw, target, bias, weight, *ctx.options, ctx.reduction,
+                            *wanted, False)[4:]
+        dx, dw, db = (_scaled_in_place(t, g) if w else None
+                      for t, w in zip(grads, wanted, strict=True))
+        del grads
+    else:  # precomputed for an incoming gradient of 1
+        dx, dw, db = (t * g.to(t.dtype) if w else None
+                      for t, w in zip(saved, wanted, strict=True))
+    grads = [t if w else None for t, w in zip((dx, dw, db), wanted, strict=True)]
+    return grads[0], grads[1], None, grads[2], *[None] * 11
 
 
 def reference_loss(x, lw, target, bias, weight, reduction, options):
@@ -148,15 +172,11 @@ def reference_loss(x, lw, target, bias, weight, reduction, options):
                          lse_square_scale=z).to(torch.float64)
 
 
-def _row_scale(g: Tensor, denom: Tensor, reduction: str, rows: int) -> Tensor:
-    """The per-row weight of each row's loss in the reduced loss, times the incoming `g`."""
-    if reduction == "mean":
-        g = torch.where(denom == 0, torch.zeros_like(g), g / denom)
-    return g.to(torch.float64).expand(rows)
-
-
 def _scaled_in_place(t: Tensor, g: Tensor) -> Tensor:
-    """t·g, in t's memory (t is a gradient that nothing else refers to)."""
+    """t·g, in t's memory (t is a gradient that nothing else refers to); out of place for a
+    batched `g` (`is_grads_batched`, vmap), whose batch t does not have."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(g):
+        return t * g.to(t.dtype)
     if g.device.type != "cpu" or float(g) != 1.0:
         t.mul_(g.to(t.dtype))
     return t
@@ -174,3 +194,38 @@ def _differentiated(loss_of, g, x, lw, target, bias, weight, reduction, options,
 
 RUST = _define("", rust=True)
 TORCH = _define("torch_", rust=False)
+
+
+#: Tensor types that behave as plain tensors (a Parameter disables __torch_function__).
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def eager(x, lw, t, bias, weight, ignore, eps, softcap, z, chunk, reduction, stats):
+    """The eager path (`_eager.py`) of the forward operator: its result on validated (N, D)
+    input of plain CPU tensors (`_eager.usable`), or None where the operator must run."""
+    if not (type(lw) in _PLAIN and lw.is_cpu and (bias is None or type(bias) in _PLAIN)
+            and (weight is None or type(weight) in _PLAIN) and type(t) in _PLAIN):
+        return None
+    grad = torch.is_grad_enabled() and reduction != "none"
+    needs = (grad and x.requires_grad, grad and lw.requires_grad,
+             grad and bias is not None and bias.requires_grad)
+    args = (x, lw, t, bias, weight, ignore, eps, softcap, z, chunk, reduction, *needs, stats)
+    if torch.is_grad_enabled() and (x.requires_grad or lw.requires_grad or (
+            bias is not None and bias.requires_grad)):
+        return _Linear.apply(*args)
+    return rust_forward(*args)
+
+
+class _Linear(torch.autograd.Function):
+    """The linear cross-entropy operator's autograd on its CPU kernels, without the
+    dispatcher: the same setup and backward functions (`_linear_ops`)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = rust_forward(*inputs)
+        setup_context(ctx, inputs, out, rust_forward, rust_backward)
+        return out
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        return gradients(ctx, g)
