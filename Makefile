@@ -17,7 +17,7 @@ OTHER_TARGETS := aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-msvc
 # maturin finds zig (the ziglang package) through the venv's python.
 TOOLS := PATH=$(abspath $(VENV))/bin:$$PATH
 
-.PHONY: demo test fuzz bench bench-quick setup setup-test setup-lint setup-wheel build lint \
+.PHONY: demo test fuzz bench bench-quick setup setup-test setup-lint setup-wheel build lint stubtest \
 	lint-targets test-rust test-python test-aarch64 wheel test-wheel test-sdist \
 	test-aarch64-wheel clean
 
@@ -51,6 +51,11 @@ lint: setup-lint lint-targets
 	cargo clippy --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests tools
 	$(VENV)/bin/actionlint .github/workflows/*.yml
+
+# The hand-written stubs of the compiled module against the module itself (names,
+# parameters, defaults): they drifted once.
+stubtest: build
+	cd python && $(abspath $(PY)) -m mypy.stubtest mlecore._mlecore
 
 # The code builds for macOS and Windows too (Linux-only calls are behind cfg).
 lint-targets:
@@ -133,7 +138,8 @@ test-aarch64:
 			"(Debian: qemu-user gcc-aarch64-linux-gnu; .ci/run installs them)"; \
 	fi
 
-test: setup-test lint test-rust test-python test-aarch64 test-wheel test-sdist test-aarch64-wheel
+test: setup-test lint stubtest test-rust test-python test-aarch64 test-wheel test-sdist \
+	test-aarch64-wheel
 
 # The property suite's long profile: thousands of cases per property, new ones each run.
 fuzz: setup-test build

@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     bench.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     bench.add_argument("--repeat", type=_count(1), default=None,
                        help="timed runs per case (an integer ≥ 1)")
+    bench.add_argument("--sizes", action="store_true",
+                       help="the sweep of every function from (1, 2) to (4096, 32000), "
+                            "forward and forward+backward, against torch, numpy and scipy")
     sub.add_parser("config", help="print the version, SIMD tier and threads")
     args = parser.parse_args(argv)
     if args.command == "demo":
@@ -81,6 +84,11 @@ def main(argv=None) -> int:
         return run(seed=args.seed)
     if args.command == "bench":
         _check_bench(bench, args)
+        if args.sizes:
+            from ._bench_sizes import run as sweep
+
+            return sweep(quick=args.quick, plot_path=args.plot, json_path=args.json,
+                         repeat=args.repeat)
         from ._bench import run
 
         return run(quick=args.quick, plot=args.plot, json_path=args.json, repeat=args.repeat)

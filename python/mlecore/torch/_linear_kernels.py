@@ -40,15 +40,16 @@ def _grads_like(x, lw, needs, cdt, bias_dtype=torch.float64):
     c = lw.shape[0]
     shapes = ((n, d), (c, d), (c,))
     dtypes = (cdt, cdt, bias_dtype)
-    return [torch.empty(s, dtype=t, device=x.device) if need else None
+    # Sizes as separate ints: torch parses a sequence of sizes a microsecond slower.
+    return [torch.empty(*s, dtype=t, device=x.device) if need else None
             for s, t, need in zip(shapes, dtypes, needs, strict=True)]
 
 
 def _out(grads, x, lw, bias):
     """The gradients in the dtypes of x, w and bias; an empty tensor for one not asked for."""
     like = (x, lw, bias)
-    return tuple(x.new_empty(_EMPTY) if g is None else g.to(t.dtype)
-                 for g, t in zip(grads, like, strict=True))
+    return tuple(x.new_empty(_EMPTY) if g is None else g if g.dtype == t.dtype else
+                 g.to(t.dtype) for g, t in zip(grads, like, strict=True))
 
 
 def _denominator(t: Tensor, classes: int, weight, ignore_index: int, dtype) -> Tensor:
@@ -69,41 +70,57 @@ class _TorchRows:
         return _denominator(t, classes, weight, ignore_index, dtype)
 
     @staticmethod
-    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse):
-        """Loss and log-sum-exp of each row into `loss`, `lse`; the hits; and with `scale`
-        (float64 per row) the rows' gradient."""
-        loss[:], lse[:], _, hits = R.cross_entropy_rows(rows, t, weight, ignore_index, eps, z)
+    def factor(denom: Tensor, reduction: str) -> Tensor:
+        return torch.where(denom == 0, 0.0, 1.0 / denom) if reduction == "mean" else \
+            torch.ones_like(denom)
+
+    @staticmethod
+    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse, hits):
+        """Loss and log-sum-exp of each row into `loss`, `lse` (and `hits`, when given);
+        with `scale` (the factor, or float64 per row) the rows' gradient."""
+        loss[:], lse[:], _, h = R.cross_entropy_rows(rows, t, weight, ignore_index, eps, z)
+        if hits is not None:
+            hits[:] = h
         if scale is None:
-            return hits, None
-        return hits, R.cross_entropy_backward(scale, rows, t, weight, lse, ignore_index, eps,
-                                              z)
+            return None
+        scale = scale.expand(rows.shape[0]) if scale.ndim == 0 else scale
+        return R.cross_entropy_backward(scale, rows, t, weight, lse, ignore_index, eps, z)
 
 
 class _RustRows:
     """A chunk's rows in the Rust kernels (CPU), the gradient written over the logits."""
 
     @staticmethod
-    def denominator(t, classes, weight, ignore_index, dtype) -> Tensor:
+    def denominator(t, classes, weight, ignore_index, dtype) -> float:
         if t.is_floating_point():
-            return torch.tensor(float(t.shape[0]), dtype=torch.float64)
-        labels = _rust.dense(t)
+            return float(t.shape[0])
         w = None if weight is None else _rust.dense(weight.to(torch.float64))
         try:
-            denom = _ext.check_labels(_rust.mem(labels), classes, ignore_index,
-                                      None if w is None else _rust.mem(w))
+            return _ext.check_labels(_rust.mem(t), classes, ignore_index,
+                                     None if w is None else _rust.mem(w))
         except IndexError as e:
             raise reworded(e, t.shape, classes, ignore_index) from None
-        return torch.tensor(denom, dtype=torch.float64)
 
     @staticmethod
-    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse):
-        hits = torch.empty(rows.shape[0], dtype=torch.uint8)
+    def factor(denom: float, reduction: str) -> float:
+        return (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
+
+    @staticmethod
+    def rows(rows, t, weight, ignore_index, eps, z, scale, loss, lse, hits):
         if scale is None:
             _rust.forward(rows, t, weight, ignore_index, eps, z, loss, lse, hits)
-            return hits, None
+            return None
+        if isinstance(scale, float):  # the factor, applied inside the kernel
+            _rust.fused(rows, t, weight, ignore_index, eps, z, scale, rows, loss, lse, hits)
+            return rows
         # The gradient of the sum over the logits in place; the per-row factors after.
         _rust.fused(rows, t, weight, ignore_index, eps, z, 1.0, rows, loss, lse, hits)
-        return hits, rows.mul_(scale.to(rows.dtype).unsqueeze(-1))
+        return rows.mul_(scale.to(rows.dtype).unsqueeze(-1))
+
+
+def _compute(t: Tensor, cdt: torch.dtype) -> Tensor:
+    """`t` without autograd, contiguous, in the compute dtype (no copy when it is)."""
+    return _rust.dense(t.detach() if t.dtype == cdt else t.detach().to(cdt))
 
 
 def run(kernel, x, lw, target, bias, weight, ignore_index, eps, softcap, z, chunk, reduction,
@@ -113,54 +130,66 @@ def run(kernel, x, lw, target, bias, weight, ignore_index, eps, softcap, z, chun
     cdt = R.compute_dtype(x.dtype)
     n = x.shape[0]
     c = lw.shape[0]
-    xc, wc = _rust.dense(x.detach().to(cdt)), _rust.dense(lw.detach().to(cdt))
-    bc = None if bias is None else bias.detach().to(cdt)
+    xc, wc = _compute(x, cdt), _compute(lw, cdt)
+    bc = None if bias is None else _compute(bias, cdt)
     t = target.detach()
-    t = _rust.dense(t.to(cdt) if t.is_floating_point() else t.reshape(-1))
-    wt = None if weight is None else _rust.dense(weight.detach().to(cdt))
+    t = _compute(t, cdt) if t.is_floating_point() else _rust.dense(t.reshape(-1))
+    wt = None if weight is None else _compute(weight, cdt)
     denom = kernel.denominator(t, c, wt, ignore_index, cdt)
-    if row_scale is None:
-        factor = torch.where(denom == 0, 0.0, 1.0 / denom) if reduction == "mean" else \
-            torch.ones_like(denom)
+    factor = kernel.factor(denom, reduction) if row_scale is None else None
     grads = _grads_like(x, lw, needs, cdt)
-    for g in grads[1:]:
-        if g is not None:
-            g.zero_()
+    dx, dw, db = grads
+    if db is not None:
+        db.zero_()
+    if dw is not None and n == 0:
+        dw.zero_()  # no chunk writes it
     loss = torch.empty(n, dtype=torch.float64, device=x.device)
     lse = torch.empty(n, dtype=cdt, device=x.device)
     hits = torch.empty(n if stats else 0, dtype=torch.uint8, device=x.device)
+    wanted = any(needs)
+    step = max(1, chunk)
     # One chunk's logits at a time, in one reused buffer (the Rust kernel writes their
-    # gradient over them).
-    zbuf = torch.empty(min(max(1, chunk), max(n, 1)), c, dtype=cdt, device=x.device)
-    for i in range(0, n, max(1, chunk)):
-        j = min(n, i + chunk)
-        logits = zbuf[: j - i]
-        if bc is None:
-            torch.mm(xc[i:j], wc.T, out=logits)
+    # gradient over them). A batch of one chunk (most small calls) takes the tensors whole:
+    # each slice of a tensor costs a microsecond.
+    zbuf = torch.empty(min(step, n), c, dtype=cdt, device=x.device) if n > step else None
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        whole = zbuf is None
+        xs, ts = (xc, t) if whole else (xc[i:j], t[i:j])
+        if whole:
+            logits = xs @ wc.T if bc is None else torch.addmm(bc, xs, wc.T)
         else:
-            torch.addmm(bc, xc[i:j], wc.T, out=logits)
+            logits = zbuf[: j - i]
+            if bc is None:
+                torch.mm(xs, wc.T, out=logits)
+            else:
+                torch.addmm(bc, xs, wc.T, out=logits)
         if stats and t.is_floating_point():
-            hits[i:j] = _prob_hits(logits, t[i:j])
+            hits[i:j] = _prob_hits(logits, ts)
         rows = logits if softcap is None else softcap * torch.tanh(logits / softcap)
         scale = chain = None
-        if any(needs):
-            scale = row_scale[i:j] if row_scale is not None else factor.expand(j - i)
+        if wanted:
+            scale = factor if row_scale is None else row_scale if whole else row_scale[i:j]
             if softcap is not None:  # d(c·tanh(z/c))/dz, before a kernel overwrites rows
                 chain = 1 - (rows / softcap) ** 2
-        h, g = kernel.rows(rows, t[i:j], wt, ignore_index, eps, z, scale, loss[i:j],
-                           lse[i:j])
-        if stats and not t.is_floating_point():
-            hits[i:j] = h
+        h = None if not stats or t.is_floating_point() else hits if whole else hits[i:j]
+        g = kernel.rows(rows, ts, wt, ignore_index, eps, z, scale,
+                        *((loss, lse) if whole else (loss[i:j], lse[i:j])), h)
         if g is None:
             continue
         if chain is not None:
             g = g.mul_(chain)
-        if grads[0] is not None:
-            torch.mm(g, wc, out=grads[0][i:j])
-        if grads[1] is not None:
-            grads[1].addmm_(g.T, xc[i:j])
-        if grads[2] is not None:
-            grads[2] += g.sum(0, dtype=torch.float64)
+        if dx is not None:
+            torch.mm(g, wc, out=dx if whole else dx[i:j])
+        if dw is not None:
+            if i == 0:
+                torch.mm(g.T, xs, out=dw)
+            else:
+                dw.addmm_(g.T, xs)
+        if db is not None:
+            db += g.sum(0, dtype=torch.float64)
+    if not isinstance(denom, Tensor):
+        denom = torch.scalar_tensor(denom, dtype=torch.float64)
     return (_reduced(loss, loss.sum(), denom, reduction), lse, denom, hits,
             *_out(grads, x, lw, bias))
 
