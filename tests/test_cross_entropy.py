@@ -166,3 +166,30 @@ def test_nll_loss_matches_torch(rng, ref, shape, weighted, reduction):
                           weight=None if w is None else torch.from_numpy(w),
                           reduction=reduction)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (64, 10), (0, 5), (7, 0), (33, 2049)])
+def test_plain_rows_take_the_short_path_with_the_general_paths_numbers(dtype, shape):
+    """C-contiguous (N, C) rows skip the layout steps (mlecore._arrays.plain_rows); a
+    Fortran-ordered copy of them, or axis given as a tuple, goes the general way."""
+    rng = np.random.default_rng(shape[0] * 31 + shape[1])
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    y = rng.integers(0, max(shape[1], 1), shape[0])
+    if shape[1] == 0:
+        y[:] = -100
+    elif len(y) > 2:
+        y[1] = -100
+    general = np.asfortranarray(x) if x.size else x.reshape(shape)
+    for kw in [dict(), dict(reduction="sum"), dict(reduction="none"),
+               dict(label_smoothing=0.1, lse_square_scale=1e-3)]:
+        a, b = mlecore.cross_entropy(x, y, **kw), mlecore.cross_entropy(general, y, **kw)
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(a, b)
+    for fn in (mlecore.logsumexp, mlecore.softmax, mlecore.log_softmax):
+        np.testing.assert_array_equal(fn(x, axis=1), fn(x, axis=(1,)))
+    if shape[0] and shape[1]:
+        bad = y.copy()
+        bad[-1] = shape[1]
+        with pytest.raises(IndexError, match=rf"target\[{shape[0] - 1}\] = {shape[1]}"):
+            mlecore.cross_entropy(x, bad)

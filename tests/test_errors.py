@@ -91,6 +91,6 @@ def test_compiled_layer_rejects_what_the_package_would_never_send():
     with pytest.raises(TypeError, match="numpy array or"):
         ext.logsumexp_rows([1.0, 2.0], 2, np.empty(1))
     with pytest.raises(TypeError, match="class indices or probabilities of the input's"):
-        ext.cross_entropy_rows((x, 4, np.zeros(3, np.float32), None, -100, 0.0, 0.0))
+        ext.cross_entropy_rows((x, x.shape, np.zeros(3, np.float32), None, -100, 0.0, 0.0))
     with pytest.raises(ValueError, match="at least 1"):
         mlecore.set_num_threads(0)

@@ -20,6 +20,16 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.numeric import normalize_axis_tuple
 
 
+_WIDE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def plain_rows(a) -> bool:
+    """True for a C-contiguous, aligned, native 2-D float32/float64 ndarray: rows the kernels
+    read as they are, so a call can skip the general layout steps (`as_rows`)."""
+    return (type(a) is np.ndarray and a.ndim == 2 and a.dtype in _WIDE
+            and a.flags.c_contiguous and a.flags.aligned)
+
+
 def native(a: np.ndarray) -> np.ndarray:
     """`a` in native byte order and aligned (as the kernels read memory), copying only when
     it is not: arrays from network buffers, pickle-5 and memory-mapped files can start at an

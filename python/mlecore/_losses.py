@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _mlecore as _ext
 from . import _spec
 from ._arrays import (
     as_float_array,
@@ -16,10 +17,11 @@ from ._arrays import (
     label_mask,
     loss_stats,
     native,
+    plain_rows,
     prob_hits,
     softcap_into,
 )
-from ._kernels import CeRows, check_labels
+from ._kernels import CeRows, check_labels, reworded
 
 
 class Problem:
@@ -165,6 +167,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     >>> print(f"{stats.loss:.4f} {stats.accuracy:.4f}")
     1.0686 0.8333
     """
+    if (weight is None and softcap is None and not return_stats and backend != "torch"
+            and plain_rows(input) and type(target) is np.ndarray and target.ndim == 1
+            and target.dtype.kind in "iu" and target.flags.c_contiguous
+            and target.flags.aligned and target.dtype.isnative
+            and target.shape[0] == input.shape[0]):
+        return _plain_cross_entropy(input, target, ignore_index, reduction, label_smoothing,
+                                    lse_square_scale, backend)
     if _spec.is_dask(input):
         from . import _dask
 
@@ -186,6 +195,23 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     loss, lse, hits = p.buffers(return_stats)
     total, denom = p.rows.forward(loss, lse, hits)
     return p.finish(loss, lse, hits, total, denom, return_stats)
+
+
+def _plain_cross_entropy(x, t, ignore_index, reduction, label_smoothing, lse_square_scale,
+                         backend):
+    """cross_entropy of (N, C) rows and (N,) class indices as they are (`plain_rows`):
+    `Problem`'s steps without the layout work, the same numbers."""
+    _spec.check_backend(backend)
+    reduction, eps, ignore = _spec.check_options(reduction, label_smoothing, ignore_index)
+    z = _spec.check_loss_options(None, lse_square_scale)[1]
+    loss = np.empty(x.shape[0]) if reduction == "none" else None
+    try:
+        total, denom = _ext.cross_entropy_rows((x, x.shape, t, None, ignore, eps, z), loss)
+    except IndexError as e:
+        raise reworded(e, t.shape, x.shape[1], ignore) from None
+    if loss is not None:
+        return loss.astype(x.dtype)
+    return x.dtype.type(total if reduction == "sum" else _spec.true_divide(total, denom))
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:

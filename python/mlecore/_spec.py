@@ -235,6 +235,16 @@ def label_error(position: int, value: int, target_shape, n_classes: int,
                       f"index in [0, {n_classes}) or ignore_index ({ignore_index})")
 
 
+def true_divide(a: float, b: float) -> float:
+    """a / b of Python floats as float64 arrays divide (IEEE: a zero divisor gives ±inf or
+    NaN, where Python raises)."""
+    if b:
+        return a / b
+    if a == 0 or a != a:
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
 def reduce_loss(per_element, total, denom, reduction: str, loss_shape):
     """torch's reductions of per-element losses: "none" gives them in `loss_shape`, "sum" the
     `total`, "mean" `total / denom`, where `denom` is the summed weights of the non-ignored

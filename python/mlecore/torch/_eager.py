@@ -21,6 +21,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
 from .._kernels import reworded
+from .._spec import true_divide
 from . import _reference as R
 from . import _rust
 from ._ops import _log_softmax_grad, ce_grads, log_softmax_grad, lse_grad, softmax_grad
@@ -55,16 +56,9 @@ def _scalar(v: float, dtype: torch.dtype) -> Tensor:
     return torch.scalar_tensor(v, dtype=_f64).to(dtype)
 
 
-def _div(a: float, b: float) -> float:
-    """a / b as float64 tensors divide (IEEE: a zero divisor gives ±inf or NaN)."""
-    if b:
-        return a / b
-    return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * math.copysign(1, b)
-
-
 def _reduced(total: float, denom: float, reduction: str, dtype) -> Tensor:
     # The operators' path computes the same division on float64 tensors (_spec.reduce_loss).
-    return _scalar(total if reduction == "sum" else _div(total, denom), dtype)
+    return _scalar(total if reduction == "sum" else true_divide(total, denom), dtype)
 
 
 def cross_entropy(x, target, weight, ignore: int, eps: float, z: float, reduction: str):
@@ -150,7 +144,7 @@ class _CrossEntropy(torch.autograd.Function):
             # The operators' path scales each row by g / denom computed on float64 tensors:
             # the same number, handed over as one factor.
             s = g.item()
-            s = s if reduction == "sum" else _div(s, denom)
+            s = s if reduction == "sum" else true_divide(s, denom)
             gx = _rust.backward(_rust.dense(xm), t, w, ignore, eps, z, lse, s)
             return gx if x.ndim == 2 else gx.view(x.shape), None, None, None, None, None, None
         else:
