@@ -19,8 +19,30 @@ pub const TASK_ELEMS: usize = 1 << 16;
 /// How long a worker that finished its tasks keeps watching for the next call's before it
 /// returns to the pool, where it sleeps. Waking a sleeping thread on a virtual machine takes
 /// tens of microseconds, longer than a kernel on a row in cache; a worker still watching
-/// joins the next call at once. The cost is this much spinning on an idle core after a call.
+/// joins the next call at once. `MLECORE_LINGER_US` sets it (0: never watch).
 const LINGER: Duration = Duration::from_micros(200);
+
+/// How much of the watch is a pure spin (back-to-back calls, as a chunked loop makes them).
+/// After it, the watcher yields its core at every look: a thread of another pool that wants
+/// the core (torch's OpenMP team, a BLAS library) gets it at once, so watching only ever uses
+/// cycles nobody else wants. A pure spin of the whole watch kept torch's workers off a core
+/// of two for up to 200 µs after each mlecore call.
+const SPIN: Duration = Duration::from_micros(20);
+
+/// [`LINGER`], or `MLECORE_LINGER_US`: read once.
+fn linger() -> Duration {
+    static US: AtomicU64 = AtomicU64::new(u64::MAX);
+    let mut us = US.load(Ordering::Relaxed);
+    if us == u64::MAX {
+        us = std::env::var("MLECORE_LINGER_US")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(LINGER.as_micros() as u64)
+            .min(1_000_000);
+        US.store(us, Ordering::Relaxed);
+    }
+    Duration::from_micros(us)
+}
 
 struct Pool {
     pid: u32,
@@ -49,6 +71,10 @@ impl Board {
         let mut seen = self.posted.load(Ordering::Acquire);
         first.work();
         drop(first);
+        let linger = linger();
+        if linger.is_zero() {
+            return;
+        }
         self.watching.fetch_add(1, Ordering::AcqRel);
         let mut since = Instant::now();
         loop {
@@ -64,10 +90,17 @@ impl Board {
                     t.work();
                 }
                 since = Instant::now();
-            } else if since.elapsed() > LINGER {
+                continue;
+            }
+            let idle = since.elapsed();
+            if idle > linger {
                 break;
             }
-            std::hint::spin_loop();
+            if idle < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         self.watching.fetch_sub(1, Ordering::AcqRel);
     }
@@ -77,31 +110,49 @@ static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 /// The thread count asked for by [`set_num_threads`]; 0 until then.
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
-/// `MLECORE_NUM_THREADS`, else the cores available to the process: worked out once, the first
-/// time it is needed. `available_parallelism` reads the cgroup's CPU quota from files, which
-/// cost a short kernel call more than its arithmetic (BENCHMARKS.md).
-fn default_threads() -> usize {
-    static DEFAULT: AtomicUsize = AtomicUsize::new(0);
-    match DEFAULT.load(Ordering::Relaxed) {
-        0 => {
-            let n = std::env::var("MLECORE_NUM_THREADS")
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            DEFAULT.store(n, Ordering::Relaxed);
-            n
-        }
+/// The thread count of the framework calling the kernels (torch's intra-op threads), when it
+/// said one ([`follow_threads`]); 0 until then.
+static FOLLOWED: AtomicUsize = AtomicUsize::new(0);
+
+/// `MLECORE_NUM_THREADS` (0 when unset), and the cores available to the process: worked out
+/// once, the first time they are needed. `available_parallelism` reads the cgroup's CPU
+/// quota from files, which cost a short kernel call more than its arithmetic
+/// (BENCHMARKS.md).
+fn default_threads() -> (usize, usize) {
+    static ENV: AtomicUsize = AtomicUsize::new(usize::MAX);
+    static CORES: AtomicUsize = AtomicUsize::new(0);
+    if ENV.load(Ordering::Relaxed) == usize::MAX {
+        let env = std::env::var("MLECORE_NUM_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CORES.store(cores, Ordering::Relaxed);
+        ENV.store(env, Ordering::Relaxed);
+    }
+    (ENV.load(Ordering::Relaxed), CORES.load(Ordering::Relaxed))
+}
+
+/// The number of threads kernels use: [`set_num_threads`]'s, else `MLECORE_NUM_THREADS`, else
+/// the calling framework's ([`follow_threads`]), else the cores available.
+pub fn num_threads() -> usize {
+    match REQUESTED.load(Ordering::Relaxed) {
+        0 => match default_threads() {
+            (0, cores) => match FOLLOWED.load(Ordering::Relaxed) {
+                0 => cores,
+                n => n,
+            },
+            (env, _) => env,
+        },
         n => n,
     }
 }
 
-/// The number of threads kernels use.
-pub fn num_threads() -> usize {
-    match REQUESTED.load(Ordering::Relaxed) {
-        0 => default_threads(),
-        n => n,
-    }
+/// The thread count of the framework that calls the kernels (torch's `get_num_threads()`):
+/// used unless mlecore was given a count of its own, so that a process that limits torch's
+/// threads limits mlecore's too.
+pub fn follow_threads(n: usize) {
+    FOLLOWED.store(n, Ordering::Relaxed);
 }
 
 /// Sets the number of threads kernels use (at least 1).

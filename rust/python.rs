@@ -65,6 +65,13 @@ fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
     }
 }
 
+/// Tells the kernels the calling framework's thread count (torch's), used while mlecore has
+/// no count of its own (`set_num_threads`, `MLECORE_NUM_THREADS`).
+#[pyfunction]
+fn follow_threads(n: usize) {
+    crate::parallel::follow_threads(n.clamp(1, MAX_THREADS));
+}
+
 /// The number of threads the kernels use.
 #[pyfunction]
 fn get_num_threads() -> usize {
@@ -100,6 +107,7 @@ fn _mlecore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     calls::register(m)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(follow_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_tier, m)?)?;
     m.add_function(wrap_pyfunction!(detected_simd_tier, m)?)?;
     m.add_function(wrap_pyfunction!(set_simd_tier, m)?)?;

@@ -23,8 +23,14 @@ def set_num_threads(n: int) -> None:
     -----
     The calling thread is one of the ``n``; the other ``n - 1`` are mlecore's own workers.
     After a call, a worker keeps watching for the next one for up to 200 µs before it
-    sleeps: waking a sleeping thread takes tens of microseconds on a virtual machine, as
-    long as a short call, which the calling thread would then do alone.
+    sleeps (``MLECORE_LINGER_US`` sets how long; 0: never): waking a sleeping thread takes
+    tens of microseconds on a virtual machine, as long as a short call, which the calling
+    thread would then do alone. Only the first 20 µs of the watch are a pure spin; after
+    them the watcher yields its core at every look, so another library's threads (torch's
+    OpenMP team, BLAS) that want the core get it at once.
+
+    A count set here (or by ``MLECORE_NUM_THREADS``) is mlecore's own: calls from
+    `mlecore.torch` then no longer follow ``torch.get_num_threads()``.
 
     Examples
     --------
@@ -43,8 +49,10 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads mlecore's kernels use.
 
-    The default is the environment variable ``MLECORE_NUM_THREADS`` when set, else the
-    number of cores available to the process, both read the first time they are needed.
+    The default is the environment variable ``MLECORE_NUM_THREADS`` when set; else, once
+    `mlecore.torch` has run a kernel large enough for threads, torch's own
+    ``torch.get_num_threads()`` (read at each such call, so ``torch.set_num_threads``
+    limits both libraries); else the number of cores available to the process.
 
     Examples
     --------

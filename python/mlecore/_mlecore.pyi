@@ -13,9 +13,12 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
-__all__ = ["__version__", "check_labels", "cross_entropy_backward_rows", "cross_entropy_grad_rows",
-           "cross_entropy_rows", "detected_simd_tier", "get_num_threads", "logsumexp_axis",
-           "logsumexp_rows", "set_num_threads", "set_simd_tier", "simd_tier", "softmax_rows"]
+__all__ = [
+    "__version__", "check_labels", "cross_entropy_backward_rows", "cross_entropy_grad_rows",
+    "cross_entropy_rows", "detected_simd_tier", "follow_threads", "get_num_threads",
+    "logsumexp_axis", "logsumexp_rows", "set_num_threads", "set_simd_tier", "simd_tier",
+    "softmax_rows",
+]
 
 #: An array the kernels read or write in place.
 _Memory: TypeAlias = npt.NDArray[np.generic] | tuple[int, int, int]
@@ -76,6 +79,9 @@ def check_labels(
 
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def follow_threads(n: int) -> None:
+    """The calling framework's thread count, used while mlecore has none of its own."""
+
 def simd_tier() -> str: ...
 def detected_simd_tier() -> str: ...
 def set_simd_tier(name: str) -> str: ...

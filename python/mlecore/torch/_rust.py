@@ -30,6 +30,21 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: n
           torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64}
 
 
+#: Calls on fewer elements run on one thread (a task covers 64 Ki elements: rust/parallel.rs).
+_PARALLEL = 1 << 16
+_followed = [0]
+
+
+def follow_torch_threads() -> None:
+    """Hands torch's intra-op thread count to the kernels (used unless mlecore has a count of
+    its own): a process that limits torch's threads, a DataLoader worker or a job sharing
+    its cores, limits mlecore's too."""
+    n = torch.get_num_threads()
+    if n != _followed[0]:
+        _ext.follow_threads(n)
+        _followed[0] = n
+
+
 def mem(t: torch.Tensor) -> tuple[int, int, int]:
     """A contiguous CPU tensor's memory as the extension takes it (the caller keeps `t`)."""
     return (t.data_ptr(), t.numel(), CODES[t.dtype])
@@ -90,6 +105,8 @@ def problem(x, t, w, ignore_index: int, eps: float, z: float) -> tuple:
 def forward(x, t, w, ignore_index, eps, z, loss=None, lse=None, hits=None, shape=None):
     """(Σ loss, mean denominator) of contiguous operands, per-row results into the given
     tensors; a bad label is reported at its place in a target of `shape`."""
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
     call = (mem(x), x.shape, mem(t), None if w is None else mem(w), ignore_index, eps, z)
     try:
         return _ext.cross_entropy_rows(call, None if loss is None else mem(loss),
@@ -103,6 +120,8 @@ def forward(x, t, w, ignore_index, eps, z, loss=None, lse=None, hits=None, shape
 def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
     """The gradient of contiguous operands from saved log-sum-exps `lse`, row r scaled by
     `scale_rows[r]` (float64) or all by the number `scale`: a new tensor (pooled)."""
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
     g = POOL.empty(x.shape, x.dtype)
     _ext.cross_entropy_backward_rows(problem(x, t, w, ignore_index, eps, z), mem(lse), scale,
                                      None if scale_rows is None else mem(scale_rows), mem(g))
@@ -111,6 +130,8 @@ def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
     x = dense(x)
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
     out = torch.empty(x.shape[:-1], dtype=x.dtype)
     _ext.logsumexp_rows(mem(x), x.shape[-1], mem(out))
     return out
@@ -118,6 +139,8 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
 
 def _softmax(x: torch.Tensor, log: bool) -> torch.Tensor:
     x = dense(x)
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
     out = POOL.empty(x.shape, x.dtype)
     _ext.softmax_rows(mem(x), x.shape[-1], mem(out), log)
     return out
@@ -168,6 +191,8 @@ def fused(x, t, w, ignore_index, eps, z, scale, grad, loss, lse, hits, shape=Non
     into `loss`, `lse`, `hits`, and the gradient, scaled as the reduction `scale` ("mean",
     "sum", "none") or by the number `scale`, into `grad` (which may be `x` itself)."""
     inplace = grad.data_ptr() == x.data_ptr()
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
     try:
         return _ext.cross_entropy_grad_rows(
             problem(x, t, w, ignore_index, eps, z), scale, None if inplace else mem(grad),
