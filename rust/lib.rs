@@ -27,6 +27,6 @@ pub use kernels::cross_entropy::{
 /// The inner loops alone, for `benches/inner.rs`; not part of the API.
 #[doc(hidden)]
 pub use kernels::inner::{run as inner_loop, Loop};
-pub use kernels::softmax::{logsumexp_rows, softmax_rows};
-pub use parallel::{num_threads, set_num_threads};
+pub use kernels::softmax::{logsumexp_grad_rows, logsumexp_rows, softmax_rows};
+pub use parallel::{follow_threads, num_threads, set_num_threads};
 pub use simd::{detected_tier, set_tier, tier, Tier};

@@ -85,11 +85,13 @@ def test_compiled_layer_rejects_what_the_package_would_never_send():
     # The tuple form (a tensor's address, element count and dtype code).
     x = np.ones((3, 4))
     with pytest.raises(ValueError, match="unknown dtype code 99"):
-        ext.logsumexp_rows((x.ctypes.data, 12, 99), 4, np.empty(3))
+        ext.logsumexp_rows((x.ctypes.data, 12, 99, x), 4, np.empty(3))
     with pytest.raises(ValueError, match="aligned to 8 bytes"):
-        ext.logsumexp_rows((x.ctypes.data + 1, 12, 1), 4, np.empty(3))
+        ext.logsumexp_rows((x.ctypes.data + 1, 12, 1, x), 4, np.empty(3))
     with pytest.raises(TypeError, match="numpy array or"):
         ext.logsumexp_rows([1.0, 2.0], 2, np.empty(1))
+    with pytest.raises(TypeError, match="numpy array or"):
+        ext.logsumexp_rows((x.ctypes.data, 12, 1), 4, np.empty(3))  # no owner
     with pytest.raises(TypeError, match="class indices or probabilities of the input's"):
         ext.cross_entropy_rows((x, x.shape, np.zeros(3, np.float32), None, -100, 0.0, 0.0))
     with pytest.raises(ValueError, match="at least 1"):

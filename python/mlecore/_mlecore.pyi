@@ -3,8 +3,8 @@
 stubs against the compiled module (mypy's stubtest).
 
 _Memory crosses in one form for both front-ends (`_Memory`): a C-contiguous, aligned numpy
-array, or a torch tensor's ``(data_ptr, numel, dtype code)`` (codes in
-`mlecore.torch._rust.CODES`), which the caller keeps alive for the call.
+array, or a torch tensor's ``(data_ptr, numel, dtype code, tensor)`` (codes in
+`mlecore.torch._rust.CODES`; the tuple holds the tensor, keeping its memory alive).
 """
 
 from typing import TypeAlias
@@ -16,12 +16,12 @@ __version__: str
 __all__ = [
     "__version__", "check_labels", "cross_entropy_backward_rows", "cross_entropy_grad_rows",
     "cross_entropy_rows", "detected_simd_tier", "follow_threads", "get_num_threads",
-    "logsumexp_axis", "logsumexp_rows", "set_num_threads", "set_simd_tier", "simd_tier",
-    "softmax_rows",
+    "logsumexp_axis", "logsumexp_grad_rows", "logsumexp_rows", "set_num_threads",
+    "set_simd_tier", "simd_tier", "softmax_rows",
 ]
 
 #: An array the kernels read or write in place.
-_Memory: TypeAlias = npt.NDArray[np.generic] | tuple[int, int, int]
+_Memory: TypeAlias = npt.NDArray[np.generic] | tuple[int, int, int, object]
 #: A cross-entropy call: (logits, (rows, cols), target, weight, ignore_index,
 #: label_smoothing, lse_square_scale); the target holds class indices or probabilities of
 #: the logits' dtype, the weight one value per class of the compute dtype.
@@ -36,6 +36,10 @@ def logsumexp_axis(x: _Memory, shape: tuple[int, int, int], out: _Memory) -> Non
 
 def softmax_rows(x: _Memory, cols: int, out: _Memory, log: bool) -> None:
     """softmax (or log-softmax) over each row of `cols` values of `x`, into `out`."""
+
+def logsumexp_grad_rows(x: _Memory, cols: int, scale: _Memory, out: _Memory) -> None:
+    """The gradient of each row's log-sum-exp, scale[r]·softmax(x[r]), into `out` (0 on a
+    row of all −inf); `scale` one float64 per row."""
 
 def cross_entropy_rows(
     problem: _Problem,

@@ -63,6 +63,9 @@ struct Softmax<'a, T: Elem> {
     out: SendPtr<T>,
     cols: usize,
     log: bool,
+    /// Row r's softmax times `scale[r]` (the gradient of log-sum-exp), 0 on a row of all
+    /// −inf (or none): its log-sum-exp is −inf whatever the row, so its gradient is 0.
+    scale: Option<&'a [f64]>,
     _x: std::marker::PhantomData<&'a [T]>,
 }
 
@@ -99,11 +102,13 @@ impl<T: Elem> RowOp<T> for Softmax<'_, T> {
                 fill(out, range, f64::NAN);
             } else if self.log {
                 write_log::<T, V>(x, out, range, m, excess, scratch);
+            } else if self.scale.is_some() && s.m == f64::NEG_INFINITY {
+                fill(out, range, 0.0);
             } else {
                 let f = ScaledSoftmax {
                     m,
                     excess,
-                    p_scale: T::F::ONE,
+                    p_scale: self.scale.map_or(T::F::ONE, |s| T::F::from_f64(s[r])),
                     v_scale: T::F::ZERO,
                 };
                 write_exp::<T, V>(x, out, range, f, RowWeights::None, scratch);
@@ -131,6 +136,31 @@ pub fn softmax_rows<T: Elem>(
         out: SendPtr(out.as_mut_ptr()),
         cols,
         log,
+        scale: None,
+        _x: std::marker::PhantomData,
+    };
+    drive(&op, rows, cols);
+    Ok(())
+}
+
+/// The gradient of each row's log-sum-exp: `out[r] = scale[r]·softmax(x[r])`, in one pass
+/// (read the row, write its gradient); 0 on a row of all −inf, whose log-sum-exp is −inf
+/// whatever its values; NaN on a row holding +inf or NaN. Rows: `scale.len()`.
+pub fn logsumexp_grad_rows<T: Elem>(
+    x: &[T],
+    cols: usize,
+    scale: &[f64],
+    out: &mut [T],
+) -> Result<(), KernelError> {
+    let rows = scale.len();
+    check_len("input", x.len(), rows * cols)?;
+    check_len("output", out.len(), rows * cols)?;
+    let op = Softmax {
+        x: x.as_ptr(),
+        out: SendPtr(out.as_mut_ptr()),
+        cols,
+        log: false,
+        scale: Some(scale),
         _x: std::marker::PhantomData,
     };
     drive(&op, rows, cols);

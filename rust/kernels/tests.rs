@@ -342,6 +342,50 @@ fn softmax_and_log_softmax_match_reference() {
     });
 }
 
+#[test]
+fn logsumexp_gradient_is_the_scaled_softmax_with_its_edge_rows() {
+    let mut rng = Rng(12);
+    each_tier(|tier| {
+        for &cols in &COLS {
+            let rows = 4;
+            let mut x: Vec<f64> = (0..rows * cols).map(|_| 3.0 * rng.normal()).collect();
+            x[cols..2 * cols].fill(f64::NEG_INFINITY); // row 1: all −inf (or empty)
+            if cols > 0 {
+                x[2 * cols] = f64::INFINITY; // row 2 holds +inf
+            }
+            let scale: Vec<f64> = (0..rows).map(|r| 0.5 - r as f64).collect();
+            let mut out = vec![7f64; rows * cols];
+            logsumexp_grad_rows(&x, cols, &scale, &mut out).unwrap();
+            let what = format!("{tier:?} cols={cols}");
+            for r in 0..rows {
+                let row = &x[r * cols..(r + 1) * cols];
+                let lse = ref_lse(row);
+                for c in 0..cols {
+                    let got = out[r * cols + c];
+                    match r {
+                        1 => assert_eq!(got, 0.0, "{what}: an all −inf row's gradient is 0"),
+                        2 => assert!(got.is_nan(), "{what}: a row with +inf is NaN"),
+                        _ => close(got, scale[r] * (row[c] - lse).exp(), 1e-13, &what),
+                    }
+                }
+            }
+            // float32 storage: the same, to float32 rounding.
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let mut o32 = vec![0f32; rows * cols];
+            logsumexp_grad_rows(&x32, cols, &scale, &mut o32).unwrap();
+            for (i, (&a, &b)) in o32.iter().zip(&out).enumerate() {
+                assert!(
+                    (a.is_nan() && b.is_nan()) || (a as f64 - b).abs() <= 2e-6 * (1.0 + b.abs()),
+                    "{what}: float32 [{i}] {a} vs {b}"
+                );
+            }
+        }
+        let mut out = [0f64; 2];
+        let err = logsumexp_grad_rows(&[0.0; 4], 2, &[1.0], &mut out);
+        assert!(matches!(err, Err(KernelError::Shape(_))), "{err:?}");
+    });
+}
+
 /// A cross-entropy case and its float64 reference.
 struct Case {
     rows: usize,

@@ -88,6 +88,18 @@ fn softmax_rows(py: Python<'_>, x: Mem, cols: usize, out: Mem, log: bool) -> PyR
     })
 }
 
+/// The gradient of log-sum-exp over rows of `cols` values: `scale[r]`·softmax(x[r]) into
+/// `out` (0 on a row of all −inf); `scale` one float64 per row.
+#[pyfunction]
+fn logsumexp_grad_rows(py: Python<'_>, x: Mem, cols: usize, scale: Mem, out: Mem) -> PyResult<()> {
+    by_float!(x.dtype, T => {
+        let (xs, ss) = (x.slice::<T>("input")?, scale.slice::<f64>("scale")?);
+        let os = out.slice_mut::<T>("out")?;
+        crate::memory::advise_huge_pages(os);
+        run(py, || softmax::logsumexp_grad_rows(xs, cols, ss, os))
+    })
+}
+
 fn labels<'a>(m: &'a Mem, what: &str) -> PyResult<Labels<'a>> {
     Ok(match m.dtype {
         Dtype::I64 => Labels::I64(m.slice(what)?),
@@ -306,6 +318,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logsumexp_rows, m)?)?;
     m.add_function(wrap_pyfunction!(logsumexp_axis, m)?)?;
     m.add_function(wrap_pyfunction!(softmax_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp_grad_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_grad_rows, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy_backward_rows, m)?)?;

@@ -1,6 +1,6 @@
 //! Memory handed to the kernels, in one form for both front-ends: a numpy array, or a torch
 //! tensor's memory as the Python package describes it, the tuple `(address, elements, dtype
-//! code)` (`mlecore.torch._rust` builds it from `data_ptr()`, `numel()` and the dtype, with no
+//! code, tensor)` (`mlecore.torch._rust` builds it from `data_ptr()`, `numel()` and the dtype, with no
 //! numpy view in between). Either becomes a [`Mem`]: where the elements are, how many, and
 //! of which type; the kernels then read it as a slice of that type.
 
@@ -111,12 +111,15 @@ impl<'py> FromPyObject<'_, 'py> for Mem {
         if let Ok(a) = ob.cast::<PyUntypedArray>() {
             return from_array(&a);
         }
-        let (addr, len, code): (usize, usize, usize) = ob.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "expected a numpy array or (address, elements, dtype code), got {}",
-                ob.get_type()
-            ))
-        })?;
+        // The fourth item is the tensor itself: the tuple, an argument of the call, keeps
+        // the memory alive until the kernel returns, even when it was a temporary.
+        let (addr, len, code, _owner): (usize, usize, usize, Bound<'py, PyAny>) =
+            ob.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "expected a numpy array or (address, elements, dtype code, owner), got {}",
+                    ob.get_type()
+                ))
+            })?;
         let dtype = *BY_CODE
             .get(code)
             .ok_or_else(|| PyValueError::new_err(format!("unknown dtype code {code}")))?;
@@ -185,9 +188,10 @@ impl Mem {
             return Ok(&[]);
         }
         // SAFETY: the address holds `len` initialized, aligned (checked) elements of type
-        // `E` (checked), owned by an object the caller holds for the call: numpy's flags say
-        // so for an array; for the tuple form it is `mlecore.torch._rust`'s contract (a
-        // contiguous tensor of that dtype, referenced by the caller).
+        // `E` (checked), owned by an object that lives through the call: numpy's flags say
+        // so for an array (an argument of the call); for the tuple form it is
+        // `mlecore.torch._rust.mem`'s contract (a contiguous tensor of that dtype, which the
+        // tuple itself holds).
         Ok(unsafe { std::slice::from_raw_parts(self.addr as *const E, self.len) })
     }
 

@@ -47,6 +47,17 @@ class BufferPool:
         if nbytes < self._min_bytes:
             # Sizes as separate ints: torch parses a sequence of sizes a microsecond slower.
             return torch.empty(*shape, dtype=dtype)
+        return self._reused(shape, dtype, nbytes)
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        """`empty` of a contiguous CPU tensor's shape and dtype (for a small one, half the
+        cost of building the shape)."""
+        nbytes = t.numel() * t.dtype.itemsize
+        if nbytes < self._min_bytes:
+            return torch.empty_like(t)
+        return self._reused(t.shape, t.dtype, nbytes)
+
+    def _reused(self, shape, dtype: torch.dtype, nbytes: int) -> torch.Tensor:
         shape = tuple(shape)
         with self._lock:
             for i, s in enumerate(self._storages):

@@ -1,10 +1,10 @@
 """The Rust kernels on CPU tensors' own memory: the CPU kernels of the operators, and what the
 eager path (`_eager.py`) calls without the dispatcher.
 
-A tensor crosses as its memory, ``(data_ptr, numel, dtype code)`` (`mem`), which the
-extension reads in place (`rust/python/mem.rs`); no numpy view is built. Every tensor handed
-over must be contiguous and stay referenced by a local name until the call returns: a
-temporary's memory could be freed under the kernel.
+A tensor crosses as its memory, ``(data_ptr, numel, dtype code, tensor)`` (`mem`), which
+the extension reads in place (`rust/python/mem.rs`); no numpy view is built. Every tensor
+handed over must be contiguous (`dense`); the tuple holds the tensor, so its memory lives
+until the call returns.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def follow_torch_threads() -> None:
         _followed[0] = n
 
 
-def mem(t: torch.Tensor) -> tuple[int, int, int]:
-    """A contiguous CPU tensor's memory as the extension takes it (the caller keeps `t`)."""
-    return (t.data_ptr(), t.numel(), CODES[t.dtype])
+def mem(t: torch.Tensor) -> tuple[int, int, int, torch.Tensor]:
+    """A contiguous CPU tensor's memory as the extension takes it; the tuple holds `t`, so
+    a temporary's memory outlives the call it is passed to."""
+    return (t.data_ptr(), t.numel(), CODES[t.dtype], t)
 
 
 class _Memory:
@@ -122,7 +123,7 @@ def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
     `scale_rows[r]` (float64) or all by the number `scale`: a new tensor (pooled)."""
     if x.numel() >= _PARALLEL:
         follow_torch_threads()
-    g = POOL.empty(x.shape, x.dtype)
+    g = POOL.like(x)
     _ext.cross_entropy_backward_rows(problem(x, t, w, ignore_index, eps, z), mem(lse), scale,
                                      None if scale_rows is None else mem(scale_rows), mem(g))
     return g
@@ -141,7 +142,7 @@ def _softmax(x: torch.Tensor, log: bool) -> torch.Tensor:
     x = dense(x)
     if x.numel() >= _PARALLEL:
         follow_torch_threads()
-    out = POOL.empty(x.shape, x.dtype)
+    out = POOL.like(x)
     _ext.softmax_rows(mem(x), x.shape[-1], mem(out), log)
     return out
 
@@ -155,11 +156,15 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """grad·softmax(x), 0 on rows of all −inf: the softmax written once by Rust, scaled in place."""
-    g = _softmax(x, False)
-    g.mul_(grad.to(x.dtype).unsqueeze(-1))
-    empty = lse == -torch.inf
-    return g.masked_fill_(empty.unsqueeze(-1), 0.0) if empty.any() else g
+    """grad·softmax(x), 0 on rows of all −inf, in one Rust pass (`lse` is not needed: the
+    kernel's own statistics tell an all −inf row)."""
+    x = dense(x)
+    if x.numel() >= _PARALLEL:
+        follow_torch_threads()
+    scale = dense(grad.detach().to(torch.float64).reshape(-1))
+    out = POOL.like(x)
+    _ext.logsumexp_grad_rows(mem(x), x.shape[-1], mem(scale), mem(out))
+    return out
 
 
 def row_outputs(x: torch.Tensor):
