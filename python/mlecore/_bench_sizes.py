@@ -123,6 +123,56 @@ def _torch_cases(torch, F, mt, shapes, linear_shapes):
                    "F.linear_cross_entropy", ours, fused)
 
 
+def _training_cases(torch, F, mt, quick: bool):
+    """Whole training steps that differ only in the loss: the digits MLP (64-128-10, batch
+    64, SGD) with cross_entropy, and a small language model (an embedding, one hidden layer,
+    a head of 4000 classes) with linear_cross_entropy against F.linear + F.cross_entropy."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    xs = torch.tensor(digits.data[:1024], dtype=torch.float32) / 16
+    ys = torch.tensor(digits.target[:1024])
+
+    def mlp_epoch(loss_fn):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
+                                    torch.nn.Linear(128, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def epoch():
+            for i in range(0, len(xs), 64):
+                opt.zero_grad()
+                loss_fn(model(xs[i:i + 64]), ys[i:i + 64]).backward()
+                opt.step()
+        return epoch
+
+    yield ("training: digits MLP epoch (16 steps)", (1024, 64, 10), "forward+backward",
+           "F.cross_entropy", mlp_epoch(mt.cross_entropy), mlp_epoch(F.cross_entropy))
+
+    vocab, dim, hidden, batch = (1000 if quick else 4000), 64, 128, 256
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, vocab, (batch * 9,), generator=gen)
+
+    def lm_steps(head_loss):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(vocab, dim)
+        body = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.Tanh())
+        head = torch.nn.Parameter(torch.randn(vocab, hidden) * hidden ** -0.5)
+        opt = torch.optim.SGD([*emb.parameters(), *body.parameters(), head], lr=0.1)
+
+        def steps():
+            for i in range(0, 8 * batch, batch):
+                opt.zero_grad()
+                h = body(emb(tokens[i:i + batch]))
+                head_loss(h, head, tokens[i + 1:i + 1 + batch]).backward()
+                opt.step()
+        return steps
+
+    yield ("training: small LM, 8 steps", (batch, hidden, vocab), "forward+backward",
+           "F.linear + F.cross_entropy", lm_steps(mt.linear_cross_entropy),
+           lm_steps(lambda h, w, y: F.cross_entropy(F.linear(h, w), y)))
+
+
 def _no_grad(torch, fn, x):
     def run():
         with torch.no_grad():
@@ -177,7 +227,8 @@ def sweep(quick: bool = False, rounds: int | None = None, out=print) -> list[Row
     out("| framework | function | shape | mode | contender | before µs | mlecore µs | "
         "after µs | mlecore's speedup |")
     out("|---|---|---|---|---|---:|---:|---:|---:|")
-    for framework, cases in (("torch", _torch_cases(torch, F, mt, shapes, linear_shapes)),
+    for framework, cases in (("torch", _training_cases(torch, F, mt, quick)),
+                             ("torch", _torch_cases(torch, F, mt, shapes, linear_shapes)),
                              ("numpy", _numpy_cases(shapes))):
         for family, shape, mode, name, ours, theirs in cases:
             big = math.prod(shape) >= 1 << 24

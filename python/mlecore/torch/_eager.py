@@ -29,7 +29,7 @@ from ._reference import compute_dtype
 
 _Tensor = torch.Tensor
 #: Tensor types that behave as plain tensors (a Parameter disables __torch_function__).
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+PLAIN = _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _FLOAT = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 _INDEX = frozenset(d for d in _rust.CODES if not d.is_floating_point)
 _f64 = torch.float64
@@ -98,7 +98,7 @@ def cross_entropy(x, target, weight, ignore: int, eps: float, z: float, reductio
 def checked_labels(target: Tensor, classes: int, ignore: int) -> Tensor:
     """Class indices as int64 after the Rust range check (the `check_targets` operator's
     rule and error, without the dispatcher)."""
-    t = _rust.dense(target.reshape(-1))
+    t = _rust.dense(target if target.ndim == 1 else target.reshape(-1))
     try:
         _rust._ext.check_labels(_rust.mem(t), classes, ignore, None)
     except IndexError as e:

@@ -14,6 +14,8 @@ from . import _reference as R
 from ._ops import TRANSFORMABLE, check_targets, ops
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The dtypes computed in their own precision.
+_WIDE = (torch.float32, torch.float64)
 #: The backends whose CPU calls may take the eager path (`_eager.py`).
 _EAGER = ("auto", "rust")
 
@@ -356,6 +358,14 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     >>> mt.nll_loss(torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([1]))
     tensor(0.6931)
     """
+    if (weight is None and backend in _EAGER and _eager.usable(input) and input.ndim == 2
+            and input.dtype in _WIDE and input.shape[1] and type(target) in _eager.PLAIN
+            and target.ndim == 1 and not target.is_floating_point() and target.is_cpu
+            and target.dtype is not torch.bool and target.shape[0] == input.shape[0]):
+        # The common call without the general validation: the same checks, the same kernel.
+        how, _, ignore = _spec.check_options(reduction, 0.0, ignore_index)
+        y = _eager.checked_labels(target, input.shape[1], ignore)
+        return F.nll_loss(input, y, ignore_index=ignore, reduction=how)
     x, t, w, ignore, _, reduction, loss_shape = _prepare(
         input, target, weight, ignore_index, reduction, 0.0, index_only=True)
     ops(backend, x)  # the same device rule as the other functions
@@ -370,7 +380,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
                        x.dtype)
     # torch's kernel, after mlecore's label rules; half precision computed in float32, as
     # everywhere in mlecore (torch sums bfloat16 in bfloat16).
-    xc = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    xc = x if x.dtype in _WIDE else x.to(torch.float32)
     wc = None if w is None else w.to(xc.dtype)
     return F.nll_loss(xc, y, wc, ignore_index=ignore, reduction=reduction).to(x.dtype)
 
