@@ -155,11 +155,6 @@ class _CrossEntropy(torch.autograd.Function):
         return gx.view(x.shape), None, None, None, None, None, None
 
 
-def _rows(x: Tensor) -> Tensor:
-    """`x` (…, C) as contiguous rows (R, C)."""
-    return _2d(_rust.dense(x))
-
-
 def _2d(t: Tensor) -> Tensor:
     """(…, C) as (R, C) (an explicit R: C may be 0)."""
     return t if t.ndim == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
@@ -173,7 +168,7 @@ def logsumexp(x, dims: tuple[int, ...]):
         return None
     if x.requires_grad and torch.is_grad_enabled():
         return _LogSumExp.apply(x)
-    return _rust.logsumexp(_rows(x)).view(x.shape[:-1])
+    return _rust.logsumexp(x)
 
 
 def normalized(x, dims: tuple[int, ...], log: bool):
@@ -183,15 +178,18 @@ def normalized(x, dims: tuple[int, ...], log: bool):
         return None
     if x.requires_grad and torch.is_grad_enabled():
         return (_LogSoftmax if log else _Softmax).apply(x)
-    return _rust._softmax(_rows(x), log).view(x.shape)
+    return _rust._softmax(x, log)
 
+
+# The kernels take rows of any leading shape (memory and a row length), so the outputs have
+# the input's shape from the start: a Function's output is never a view of a temporary.
 
 class _LogSumExp(torch.autograd.Function):
     """logsumexp over the last axis: the operator's CPU kernels without the dispatcher."""
 
     @staticmethod
     def forward(ctx, x):
-        out = _rust.logsumexp(_rows(x)).view(x.shape[:-1])
+        out = _rust.logsumexp(x)
         # The output itself: a higher derivative differentiates through it.
         ctx.save_for_backward(x, out)
         return out
@@ -203,34 +201,26 @@ class _LogSumExp(torch.autograd.Function):
                         _rust.logsumexp_backward).view(x.shape)
 
 
-class _LogSoftmax(torch.autograd.Function):
-    """log_softmax over the last axis: the operator's CPU kernel without the dispatcher."""
+def _normalizer(log: bool):
+    """The Function of log_softmax (`log`) or softmax over the last axis: the operator's CPU
+    kernel and backward rule without the dispatcher."""
+    rule, kernel = (log_softmax_grad, _log_softmax_grad) if log else (softmax_grad,
+                                                                      R.softmax_grad)
 
-    @staticmethod
-    def forward(ctx, x):
-        out = _rust._softmax(_rows(x), True).view(x.shape)
-        ctx.save_for_backward(out)
-        return out
+    class Normalized(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            out = _rust._softmax(x, log)
+            ctx.save_for_backward(out)
+            return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        g, y = _2d(grad), _2d(out)
-        return log_softmax_grad(g, y, _log_softmax_grad).view(grad.shape)
+        @staticmethod
+        def backward(ctx, grad):
+            (out,) = ctx.saved_tensors
+            return rule(_2d(grad), _2d(out), kernel).view(grad.shape)
+
+    Normalized.__name__ = Normalized.__qualname__ = "_LogSoftmax" if log else "_Softmax"
+    return Normalized
 
 
-class _Softmax(torch.autograd.Function):
-    """softmax over the last axis: the operator's CPU kernel without the dispatcher."""
-
-    @staticmethod
-    def forward(ctx, x):
-        out = _rust._softmax(_rows(x), False).view(x.shape)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        g, y = _2d(grad), _2d(out)
-        return softmax_grad(g, y, R.softmax_grad).view(grad.shape)
-
+_LogSoftmax, _Softmax = _normalizer(True), _normalizer(False)
