@@ -29,7 +29,7 @@ from ._reference import compute_dtype
 
 _Tensor = torch.Tensor
 #: Tensor types that behave as plain tensors (a Parameter disables __torch_function__).
-PLAIN = _PLAIN = (torch.Tensor, torch.nn.Parameter)
+PLAIN = (torch.Tensor, torch.nn.Parameter)
 _FLOAT = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
 _INDEX = frozenset(d for d in _rust.CODES if not d.is_floating_point)
 _f64 = torch.float64
@@ -41,7 +41,7 @@ def usable(x) -> bool:
     active (each of those must see the operators)."""
     # is_compiling first: under torch.compile nothing after it is traced.
     return (not torch.compiler.is_compiling()
-            and type(x) in _PLAIN and x.is_cpu and x.dtype in _FLOAT
+            and type(x) in PLAIN and x.is_cpu and x.dtype in _FLOAT
             and _fwad._current_level < 0
             and not torch._C._are_functorch_transforms_active()
             and not torch._C._is_torch_function_mode_enabled()
@@ -65,7 +65,7 @@ def cross_entropy(x, target, weight, ignore: int, eps: float, z: float, reductio
     """The loss of validated options on `x` (`usable`), or None where the operators must
     run (then they also validate shapes and raise): logits (N, C) or (C,), class indices or
     probabilities, no gradient wanted for the target."""
-    if type(target) not in _PLAIN or not target.is_cpu:
+    if type(target) not in PLAIN or not target.is_cpu:
         return None
     nd = x.ndim
     if nd == 2:
@@ -80,12 +80,12 @@ def cross_entropy(x, target, weight, ignore: int, eps: float, z: float, reductio
     elif target.dtype not in _FLOAT or target.shape != x.shape or (
             target.requires_grad and torch.is_grad_enabled()):
         return None  # a mismatch to report, or the target's gradient: the operators
-    if weight is not None and (type(weight) not in _PLAIN or not weight.is_cpu
+    if weight is not None and (type(weight) not in PLAIN or not weight.is_cpu
                                or weight.shape != (classes,)):
         return None
     if x.requires_grad and torch.is_grad_enabled():
         return _CrossEntropy.apply(x, target, weight, ignore, eps, z, reduction)
-    xd = _rust.dense(x if nd == 2 else x.view(1, classes))
+    xd = _rust.dense(_matrix(x))
     t, w = _rust.target_of(target, xd), _rust.weight_of(weight, xd)
     if reduction == "none":
         loss = torch.empty(rows, dtype=_f64)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from . import _linear_kernels as K
 from . import _reference as R
+from ._eager import PLAIN
 from ._functional import cross_entropy
 
 
@@ -196,15 +197,11 @@ RUST = _define("", rust=True)
 TORCH = _define("torch_", rust=False)
 
 
-#: Tensor types that behave as plain tensors (a Parameter disables __torch_function__).
-_PLAIN = (Tensor, torch.nn.Parameter)
-
-
 def eager(x, lw, t, bias, weight, ignore, eps, softcap, z, chunk, reduction, stats):
     """The eager path (`_eager.py`) of the forward operator: its result on validated (N, D)
     input of plain CPU tensors (`_eager.usable`), or None where the operator must run."""
-    if not (type(lw) in _PLAIN and lw.is_cpu and (bias is None or type(bias) in _PLAIN)
-            and (weight is None or type(weight) in _PLAIN) and type(t) in _PLAIN):
+    if not (type(lw) in PLAIN and lw.is_cpu and (bias is None or type(bias) in PLAIN)
+            and (weight is None or type(weight) in PLAIN) and type(t) in PLAIN):
         return None
     grad = torch.is_grad_enabled() and reduction != "none"
     needs = (grad and x.requires_grad, grad and lw.requires_grad,
