@@ -363,3 +363,24 @@ def test_dtype_argument_and_index_like_dims():
     for dim in (np.int64(1), torch.tensor(1)):
         torch.testing.assert_close(mt.logsumexp(x.float(), dim), torch.logsumexp(x.float(), 1))
         torch.testing.assert_close(mt.softmax(x.float(), dim), torch.softmax(x.float(), 1))
+
+
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_the_statistics_log_sum_exp_carries_its_gradient(softcap):
+    """`stats.loss + s·(stats.lse ** 2).mean()`, a z-loss written by hand, must get the
+    second term's gradient (it was silently dropped: issue 23, item 10)."""
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    x.data[0] = -torch.inf  # a row of all −inf keeps its −inf, not a NaN
+    y = torch.tensor([-100, 1, 2, 3, 4, 0])
+    stats = mt.cross_entropy(x, y, softcap=softcap, return_stats=True)
+    assert torch.isfinite(stats.lse[1:]).all()
+    if softcap is None:  # capped, the row is −c everywhere: a finite log-sum-exp
+        assert stats.lse[0] == -torch.inf
+    (g,) = torch.autograd.grad(stats.loss + 0.1 * (stats.lse[1:] ** 2).mean(), x)
+    xr = x.detach().clone().requires_grad_()
+    z = xr if softcap is None else softcap * torch.tanh(xr / softcap)
+    want_loss = torch.nn.functional.cross_entropy(z, y)
+    (want,) = torch.autograd.grad(want_loss + 0.1 * (torch.logsumexp(z, 1)[1:] ** 2).mean(),
+                                  xr)
+    torch.testing.assert_close(g[1:], want[1:])

@@ -350,3 +350,25 @@ def test_fork_while_another_thread_runs_the_linear_loss_does_not_hang():
     except subprocess.TimeoutExpired:
         pytest.fail("fork() hung while another thread ran mt.linear_cross_entropy")
     assert done.returncode == 0 and "forked" in done.stdout, done.stderr
+
+
+def test_accuracy_is_judged_on_the_soft_capped_logits_on_every_path():
+    """Saturated logits tie after the cap: the fused linear loss judged probability targets
+    before it (accuracy 1/3) and cross_entropy after it (1); one rule now (issue 23, item
+    10)."""
+    import mlecore
+
+    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    w = torch.tensor([[1000.0], [900.0], [-5.0]], dtype=torch.float64)
+    t = torch.tensor([[0.1, 0.8, 0.1]] * 3, dtype=torch.float64)
+    logits = F.linear(x, w)
+    want = mt.cross_entropy(logits, t, softcap=1.0, return_stats=True).accuracy
+    assert float(want) == 1.0  # c·tanh(z/c) saturates both large logits to the same 1.0
+    for backend in ("rust", "torch"):
+        got = mt.linear_cross_entropy(x, w, t, softcap=1.0, return_stats=True,
+                                      backend=backend).accuracy
+        assert float(got) == float(want), backend
+    got = mlecore.linear_cross_entropy(x.numpy(), w.numpy(), t.numpy(), softcap=1.0,
+                                       return_stats=True).accuracy
+    assert got == float(mlecore.cross_entropy(logits.numpy(), t.numpy(), softcap=1.0,
+                                              return_stats=True).accuracy) == 1.0

@@ -164,11 +164,13 @@ def run(p: Linear, stats: bool, grads: Grads | None = None) -> Pass:
         np.matmul(p.x[i:j], p.w.T, out=zc)
         if p.b is not None:
             zc += p.b
-        if stats and not p.is_index:
-            judged.append(prob_hits(zc, p.target[i:j]))
         logits = zc
         if p.softcap is not None:
             logits = softcap_into(zc, p.softcap, out=sbuf[: j - i] if sbuf is not None else zc)
+        if stats and not p.is_index:
+            # On the logits the loss sees (soft-capped), as cross_entropy and class indices
+            # judge them; before the kernel overwrites them with their gradient.
+            judged.append(prob_hits(logits, p.target[i:j]))
         rows = CeRows(logits, p.target[i:j], p.weight, p.ignore_index, p.label_smoothing,
                       p.lse_square_scale, p.target[i:j].shape[:1], c)
         h = hits[i:j] if hits is not None and p.is_index else None

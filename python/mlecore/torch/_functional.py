@@ -241,6 +241,20 @@ def _prob_hits(rows: Tensor, t: Tensor) -> Tensor:
         return rows.gather(-1, best).squeeze(-1) == rows.amax(-1)
 
 
+class _Grafted(torch.autograd.Function):
+    """`value` (computed without a graph) with the gradient of `graph`, a differentiable
+    computation of the same quantity."""
+
+    @staticmethod
+    def forward(ctx, value, graph):
+        ctx.dtype = graph.dtype
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g.to(ctx.dtype)
+
+
 def _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, dtype, z,
             return_stats):
     """The loss, or with `return_stats` its `CrossEntropyStats` (z-loss, lse, accuracy)."""
@@ -326,6 +340,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     loss = _reduce(loss_rows, denom, reduction, loss_shape, x.dtype, total)
     if return_stats and t.is_floating_point():
         hits = _prob_hits(rows, t)
+    if return_stats and rows.requires_grad and torch.is_grad_enabled():
+        # stats.lse carries logsumexp's gradient (a z-loss written by hand): the kernel's
+        # value with the gradient of the (soft-capped) logits' logsumexp.
+        lse = _Grafted.apply(lse, logsumexp(rows, -1, backend=backend))
     return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
                    return_stats)
 

@@ -164,9 +164,11 @@ def run(kernel, x, lw, target, bias, weight, ignore_index, eps, softcap, z, chun
                 torch.mm(xs, wc.T, out=logits)
             else:
                 torch.addmm(bc, xs, wc.T, out=logits)
-        if stats and t.is_floating_point():
-            hits[i:j] = _prob_hits(logits, ts)
         rows = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+        if stats and t.is_floating_point():
+            # On the logits the loss sees (soft-capped), as cross_entropy and class indices
+            # judge them; before the kernel overwrites them with their gradient.
+            hits[i:j] = _prob_hits(rows, ts)
         scale = chain = None
         if wanted:
             scale = factor if row_scale is None else row_scale if whole else row_scale[i:j]
