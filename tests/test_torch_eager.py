@@ -3,6 +3,7 @@ operators' results bit for bit, and hand everything it does not take to them."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mlecore.torch as mt
 from mlecore.torch import _eager
@@ -236,3 +237,29 @@ def test_repeated_linear_backward_passes_give_the_same_gradients():
     assert torch.autograd.gradcheck(
         lambda a, b: mt.linear_cross_entropy(a, b, y, reduction="sum") * 3, (x, w),
         nondet_tol=0.0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_a_batch_of_incoming_gradients_gets_torchs_answer(reduction):
+    """`torch.autograd.grad(..., is_grads_batched=True)`: the incoming gradients arrive as a
+    batched tensor with no memory of its own; the backward uses torch's operations for it
+    (issue 23, item 8, in part)."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(8, 5, generator=gen)
+    y = torch.randint(0, 5, (8,), generator=gen)
+    v = torch.eye(8) if reduction == "none" else torch.tensor([1.0, 2.0, -3.0])
+    got, want = [], []
+    for loss, out in ((lambda a: mt.cross_entropy(a, y, reduction=reduction), got),
+                      (lambda a: F.cross_entropy(a, y, reduction=reduction), want)):
+        a = x.clone().requires_grad_()
+        out.append(torch.autograd.grad(loss(a), a, v, is_grads_batched=True)[0])
+    torch.testing.assert_close(got[0], want[0])
+    if reduction != "none":
+        w = torch.randn(6, 5, generator=gen)
+        a = x.clone().requires_grad_()
+        g = torch.autograd.grad(mt.linear_cross_entropy(a, w, y, reduction=reduction), a, v,
+                                is_grads_batched=True)[0]
+        b = x.clone().requires_grad_()
+        e = torch.autograd.grad(F.cross_entropy(F.linear(b, w), y, reduction=reduction), b,
+                                v, is_grads_batched=True)[0]
+        torch.testing.assert_close(g, e)

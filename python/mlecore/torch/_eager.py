@@ -138,9 +138,10 @@ class _CrossEntropy(torch.autograd.Function):
         x, t, w, lse = ctx.saved_tensors
         ignore, eps, z, reduction, denom = ctx.options
         xm = _matrix(x)
+        batched = _batched(g)
         if reduction == "none":
             grad_rows = g.reshape(-1).to(_f64)
-        elif not torch.is_grad_enabled() and type(g) is _Tensor:
+        elif not torch.is_grad_enabled() and not batched:
             # The operators' path scales each row by g / denom computed on float64 tensors:
             # the same number, handed over as one factor.
             s = g.item()
@@ -150,9 +151,20 @@ class _CrossEntropy(torch.autograd.Function):
         else:
             s = g.to(_f64)
             grad_rows = (s if reduction == "sum" else s / denom).expand(xm.shape[0])
-        gx = ce_grads(ctx, grad_rows, xm, t, w, lse, ignore, eps, z,
-                      _rust.cross_entropy_backward)[0]
+        if batched:  # a batch of incoming gradients: torch's operations, which vmap
+            gx = R.cross_entropy_backward(grad_rows, xm, t if t.is_floating_point() else
+                                          t.reshape(-1), w, lse, ignore, eps, z)
+        else:
+            gx = ce_grads(ctx, grad_rows, xm, t, w, lse, ignore, eps, z,
+                          _rust.cross_entropy_backward)[0]
         return gx.view(x.shape), None, None, None, None, None, None
+
+
+def _batched(g: Tensor) -> bool:
+    """True for a batch of incoming gradients (`is_grads_batched`, the legacy vmap; a
+    functorch transform): a tensor without memory of its own, for torch's operations."""
+    f = torch._C._functorch
+    return f.is_functorch_wrapped_tensor(g) or f.is_legacy_batchedtensor(g)
 
 
 def _2d(t: Tensor) -> Tensor:

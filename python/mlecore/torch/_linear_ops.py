@@ -176,7 +176,8 @@ def reference_loss(x, lw, target, bias, weight, reduction, options):
 def _scaled_in_place(t: Tensor, g: Tensor) -> Tensor:
     """t·g, in t's memory (t is a gradient that nothing else refers to); out of place for a
     batched `g` (`is_grads_batched`, vmap), whose batch t does not have."""
-    if torch._C._functorch.is_functorch_wrapped_tensor(g):
+    f = torch._C._functorch
+    if f.is_functorch_wrapped_tensor(g) or f.is_legacy_batchedtensor(g):
         return t * g.to(t.dtype)
     if g.device.type != "cpu" or float(g) != 1.0:
         t.mul_(g.to(t.dtype))
