@@ -384,3 +384,38 @@ def test_the_statistics_log_sum_exp_carries_its_gradient(softcap):
     (want,) = torch.autograd.grad(want_loss + 0.1 * (torch.logsumexp(z, 1)[1:] ** 2).mean(),
                                   xr)
     torch.testing.assert_close(g[1:], want[1:])
+
+
+def test_per_sample_gradients_through_vmap_of_grad():
+    """`vmap(grad(loss))` (DP-SGD, influence functions) over cross_entropy, the fused linear
+    loss and a functional_call of LinearCrossEntropyLoss: torch's per-sample gradients (they
+    raised torch's `.item()` error inside vmap: issue 23, item 8)."""
+    from torch.func import functional_call, grad, vmap
+
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(8, 5, generator=gen)
+    y = torch.randint(0, 5, (8,), generator=gen)
+    h = torch.randn(8, 4, generator=gen)
+    w = torch.randn(5, 4, generator=gen)
+
+    def one(loss):
+        return lambda a, t: loss(a.unsqueeze(0), t.unsqueeze(0))
+
+    torch.testing.assert_close(vmap(grad(one(mt.cross_entropy)))(x, y),
+                               vmap(grad(one(F.cross_entropy)))(x, y))
+    torch.testing.assert_close(
+        vmap(grad(one(lambda a, t: mt.linear_cross_entropy(a, w, t))))(h, y),
+        vmap(grad(one(lambda a, t: F.cross_entropy(F.linear(a, w), t))))(h, y))
+    # The module's parameters are those of a Linear (`linear.weight`, `linear.bias`).
+    m = mt.LinearCrossEntropyLoss(4, 5, bias=True)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    ref = torch.nn.Sequential()
+    ref.add_module("linear", torch.nn.Linear(4, 5))
+
+    def grads(loss):
+        return vmap(grad(lambda p, a, t: loss(p, a.unsqueeze(0), t.unsqueeze(0))),
+                    in_dims=(None, 0, 0))(params, h, y)
+    got = grads(lambda p, a, t: functional_call(m, p, (a, t)))
+    want = grads(lambda p, a, t: F.cross_entropy(functional_call(ref, p, (a,)), t))
+    for k in params:
+        torch.testing.assert_close(got[k], want[k])

@@ -271,9 +271,9 @@ TORCH = _define("torch_", rust=False)
 
 
 def _checked_rows(input, target, weight, ignore_index, label_smoothing, lse_square_scale):
-    # Under vmap a batched target cannot be tested on the host; torch's gather then reports a
-    # bad label itself.
-    if not torch._C._functorch.is_batchedtensor(target):
+    # Under vmap a batched target (wrapped by any transform level) cannot be tested on the
+    # host; torch's gather then reports a bad label itself.
+    if not torch._C._functorch.is_functorch_wrapped_tensor(target):
         _check_labels(target, input.shape[-1], ignore_index)
     return _with_total(*R.cross_entropy_rows(input, _flat(target), weight, ignore_index,
                                              label_smoothing, lse_square_scale))
