@@ -372,3 +372,14 @@ def test_accuracy_is_judged_on_the_soft_capped_logits_on_every_path():
                                        return_stats=True).accuracy
     assert got == float(mlecore.cross_entropy(logits.numpy(), t.numpy(), softcap=1.0,
                                               return_stats=True).accuracy) == 1.0
+
+
+def test_a_backward_pass_through_the_fused_losss_lse_is_a_clear_error():
+    """Its gradient would need the logits; it was silently dropped (issue 23, item 10)."""
+    x, w, b, t = _problem()
+    stats = mt.linear_cross_entropy(x, w, t, linear_bias=b, return_stats=True)
+    with pytest.raises(RuntimeError, match="stats.lse of linear_cross_entropy carries no"):
+        (stats.loss + 0.1 * (stats.lse ** 2).mean()).backward()
+    stats = mt.linear_cross_entropy(x, w, t, linear_bias=b, return_stats=True)
+    (stats.loss + 0.1 * (stats.lse.detach() ** 2).mean()).backward()  # detached: fine
+    assert x.grad is not None

@@ -164,8 +164,28 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
                  *needs, return_stats)
     loss, lse, denom, hits, *_ = out
     loss = (loss.reshape(loss_shape) if reduction == "none" else loss).to(x.dtype)
+    if (return_stats and torch.is_grad_enabled() and (x.requires_grad or lw.requires_grad)
+            and not torch.compiler.is_compiling()):  # a traced backward would raise always
+        lse = _NoGradient.apply(lse, x if x.requires_grad else lw)
     return _finish(loss, lse, denom, hits, t, ignore, reduction, loss_shape, x.dtype, z,
                    return_stats)
+
+
+class _NoGradient(torch.autograd.Function):
+    """The fused loss's per-row log-sum-exps, tied to an input so that a backward pass
+    through them is an error, not a gradient silently left out: their gradient would need
+    the (N, C) logits the fused loss never holds."""
+
+    @staticmethod
+    def forward(ctx, lse, tie):
+        return lse.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError(
+            "mlecore: stats.lse of linear_cross_entropy carries no gradient (it would need "
+            "the logits the fused loss never holds); for a z-loss pass lse_square_scale=, "
+            "or take stats.lse.detach()")
 
 
 def _linear_ops(backend: str, x: Tensor):
