@@ -121,16 +121,17 @@ static FOLLOWED: AtomicUsize = AtomicUsize::new(0);
 fn default_threads() -> (usize, usize) {
     static ENV: AtomicUsize = AtomicUsize::new(usize::MAX);
     static CORES: AtomicUsize = AtomicUsize::new(0);
-    if ENV.load(Ordering::Relaxed) == usize::MAX {
+    // ENV is stored last, with Release: a thread that sees it set sees CORES too.
+    if ENV.load(Ordering::Acquire) == usize::MAX {
         let env = std::env::var("MLECORE_NUM_THREADS")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .unwrap_or(0);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         CORES.store(cores, Ordering::Relaxed);
-        ENV.store(env, Ordering::Relaxed);
+        ENV.store(env, Ordering::Release);
     }
-    (ENV.load(Ordering::Relaxed), CORES.load(Ordering::Relaxed))
+    (ENV.load(Ordering::Acquire), CORES.load(Ordering::Relaxed))
 }
 
 /// The number of threads kernels use: [`set_num_threads`]'s, else `MLECORE_NUM_THREADS`, else

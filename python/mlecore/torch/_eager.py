@@ -20,7 +20,6 @@ import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor
 
-from .._kernels import reworded
 from .._spec import true_divide
 from . import _reference as R
 from . import _rust
@@ -98,11 +97,8 @@ def cross_entropy(x, target, weight, ignore: int, eps: float, z: float, reductio
 def checked_labels(target: Tensor, classes: int, ignore: int) -> Tensor:
     """Class indices as int64 after the Rust range check (the `check_targets` operator's
     rule and error, without the dispatcher)."""
-    t = _rust.dense(target if target.ndim == 1 else target.reshape(-1))
-    try:
-        _rust._ext.check_labels(_rust.mem(t), classes, ignore, None)
-    except IndexError as e:
-        raise reworded(e, target.shape, classes, ignore) from None
+    _rust.check_labels(_rust.dense(target if target.ndim == 1 else target.reshape(-1)),
+                       classes, ignore, shape=target.shape)
     return target if target.dtype is torch.int64 else target.to(torch.int64)
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _mlecore as _ext
-from .._kernels import reworded
 from . import _reference as R
 from . import _rust
 from ._functional import _prob_hits
@@ -94,12 +92,7 @@ class _RustRows:
     def denominator(t, classes, weight, ignore_index, dtype) -> float:
         if t.is_floating_point():
             return float(t.shape[0])
-        w = None if weight is None else _rust.dense(weight.to(torch.float64))
-        try:
-            return _ext.check_labels(_rust.mem(t), classes, ignore_index,
-                                     None if w is None else _rust.mem(w))
-        except IndexError as e:
-            raise reworded(e, t.shape, classes, ignore_index) from None
+        return _rust.check_labels(t, classes, ignore_index, weight)
 
     @staticmethod
     def factor(denom: float, reduction: str) -> float:

@@ -9,7 +9,6 @@ until the call returns.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import _mlecore as _ext
@@ -22,23 +21,17 @@ CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3
          torch.int64: 4, torch.int32: 5, torch.int16: 6, torch.int8: 7, torch.uint64: 8,
          torch.uint32: 9, torch.uint16: 10, torch.uint8: 11}
 
-#: numpy's name for each dtype (bfloat16 as its uint16 bits), for the numpy views that the
-#: fused linear loss hands to BLAS.
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
-          torch.bfloat16: np.uint16, torch.int64: np.int64, torch.int32: np.int32,
-          torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8,
-          torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64}
-
-
 #: Calls on fewer elements run on one thread (a task covers 64 Ki elements: rust/parallel.rs).
 _PARALLEL = 1 << 16
 _followed = [0]
 
 
-def follow_torch_threads() -> None:
-    """Hands torch's intra-op thread count to the kernels (used unless mlecore has a count of
-    its own): a process that limits torch's threads, a DataLoader worker or a job sharing
-    its cores, limits mlecore's too."""
+def follow_torch_threads(x: torch.Tensor) -> None:
+    """Before a kernel on `x` large enough for threads, hands torch's intra-op thread count
+    to the kernels (used unless mlecore has a count of its own): a process that limits
+    torch's threads, a DataLoader worker or a job sharing its cores, limits mlecore's too."""
+    if x.numel() < _PARALLEL:
+        return
     n = torch.get_num_threads()
     if n != _followed[0]:
         _ext.follow_threads(n)
@@ -49,31 +42,6 @@ def mem(t: torch.Tensor) -> tuple[int, int, int, torch.Tensor]:
     """A contiguous CPU tensor's memory as the extension takes it; the tuple holds `t`, so
     a temporary's memory outlives the call it is passed to."""
     return (t.data_ptr(), t.numel(), CODES[t.dtype], t)
-
-
-class _Memory:
-    """A tensor's memory as numpy sees it (the array interface), holding the tensor. Unlike
-    `Tensor.numpy()`, it leaves the tensor's storage resizable: the caller's tensors keep
-    every property they had."""
-
-    def __init__(self, t: torch.Tensor):
-        dtype = np.dtype(_NUMPY[t.dtype])
-        self.tensor = t
-        self.__array_interface__ = {
-            "data": (t.data_ptr(), False),
-            "shape": tuple(t.shape),
-            "strides": tuple(s * dtype.itemsize for s in t.stride()),
-            "typestr": dtype.str,
-            "version": 3,
-        }
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor's memory (no copy)."""
-    t = t.detach()
-    if t.numel() == 0:
-        return np.empty(tuple(t.shape), _NUMPY[t.dtype])
-    return np.asarray(_Memory(t))
 
 
 def dense(x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +71,24 @@ def problem(x, t, w, ignore_index: int, eps: float, z: float) -> tuple:
     return (mem(x), x.shape, mem(t), None if w is None else mem(w), ignore_index, eps, z)
 
 
+def check_labels(t, classes: int, ignore_index: int, weight=None, shape=None) -> float:
+    """Checks contiguous class indices `t` in Rust (a bad one reported at its place in a
+    target of `shape`); returns the `mean` denominator (summed float64 `weight`s of the
+    counted labels, or their count)."""
+    w = None if weight is None else dense(weight.to(torch.float64))
+    try:
+        return _ext.check_labels(mem(t), classes, ignore_index, None if w is None else mem(w))
+    except IndexError as e:
+        raise reworded(e, t.shape if shape is None else shape, classes, ignore_index) from None
+
+
 def forward(x, t, w, ignore_index, eps, z, loss=None, lse=None, hits=None, shape=None):
     """(Σ loss, mean denominator) of contiguous operands, per-row results into the given
     tensors; a bad label is reported at its place in a target of `shape`."""
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
-    call = (mem(x), x.shape, mem(t), None if w is None else mem(w), ignore_index, eps, z)
+    follow_torch_threads(x)
     try:
-        return _ext.cross_entropy_rows(call, None if loss is None else mem(loss),
+        return _ext.cross_entropy_rows(problem(x, t, w, ignore_index, eps, z),
+                                       None if loss is None else mem(loss),
                                        None if lse is None else mem(lse),
                                        None if hits is None else mem(hits))
     except IndexError as e:
@@ -121,8 +99,7 @@ def forward(x, t, w, ignore_index, eps, z, loss=None, lse=None, hits=None, shape
 def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
     """The gradient of contiguous operands from saved log-sum-exps `lse`, row r scaled by
     `scale_rows[r]` (float64) or all by the number `scale`: a new tensor (pooled)."""
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
+    follow_torch_threads(x)
     g = POOL.like(x)
     _ext.cross_entropy_backward_rows(problem(x, t, w, ignore_index, eps, z), mem(lse), scale,
                                      None if scale_rows is None else mem(scale_rows), mem(g))
@@ -131,8 +108,7 @@ def backward(x, t, w, ignore_index, eps, z, lse, scale, scale_rows=None):
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
     x = dense(x)
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
+    follow_torch_threads(x)
     out = torch.empty(x.shape[:-1], dtype=x.dtype)
     _ext.logsumexp_rows(mem(x), x.shape[-1], mem(out))
     return out
@@ -140,8 +116,7 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
 
 def _softmax(x: torch.Tensor, log: bool) -> torch.Tensor:
     x = dense(x)
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
+    follow_torch_threads(x)
     out = POOL.like(x)
     _ext.softmax_rows(mem(x), x.shape[-1], mem(out), log)
     return out
@@ -159,8 +134,7 @@ def logsumexp_backward(grad: torch.Tensor, x: torch.Tensor, lse: torch.Tensor) -
     """grad·softmax(x), 0 on rows of all −inf, in one Rust pass (`lse` is not needed: the
     kernel's own statistics tell an all −inf row)."""
     x = dense(x)
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
+    follow_torch_threads(x)
     scale = dense(grad.detach().to(torch.float64).reshape(-1))
     out = POOL.like(x)
     _ext.logsumexp_grad_rows(mem(x), x.shape[-1], mem(scale), mem(out))
@@ -196,8 +170,7 @@ def fused(x, t, w, ignore_index, eps, z, scale, grad, loss, lse, hits, shape=Non
     into `loss`, `lse`, `hits`, and the gradient, scaled as the reduction `scale` ("mean",
     "sum", "none") or by the number `scale`, into `grad` (which may be `x` itself)."""
     inplace = grad.data_ptr() == x.data_ptr()
-    if x.numel() >= _PARALLEL:
-        follow_torch_threads()
+    follow_torch_threads(x)
     try:
         return _ext.cross_entropy_grad_rows(
             problem(x, t, w, ignore_index, eps, z), scale, None if inplace else mem(grad),
